@@ -41,8 +41,8 @@ class SyntheticConfig(_Frozen):
     start: str = Field("2024-01-02", description="first session, YYYY-MM-DD")
     sessions: int = Field(63, ge=5, le=2600, description="number of trading sessions (about 3 months)")
     planted_edge: float = Field(
-        0.12, ge=0.0, le=1.0,
-        description="strength of the planted short-term mean reversion; 0 gives a pure random walk",
+        0.6, ge=0.0, lt=1.0,
+        description="share of one-bar variance from planted reverting jumps; 0 gives a pure random walk",
     )
 
 

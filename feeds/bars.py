@@ -360,3 +360,15 @@ def clip_dates(frames: Mapping[str, pd.DataFrame], start: str | None, end: str |
             keep &= local <= pd.Timestamp(end)
         out[sym] = f.loc[keep]
     return out
+
+
+def minutes_to_close(index: pd.DatetimeIndex, bar_minutes: int, calendar: str = "XNYS") -> np.ndarray:
+    """Return, per bar, minutes from the bar's **end** to its session's close (NaN off-session).
+
+    The strategy's "no new entries" and "flatten" windows and the labels' end-of-session barrier use this,
+    so half days (13:00 close) are handled by the exchange calendar.
+    """
+    _, closes = session_bounds(index, calendar)
+    end = index.tz_localize(None).as_unit("ns").to_numpy(dtype="datetime64[ns]") + np.timedelta64(bar_minutes, "m")
+    out = (closes - end) / np.timedelta64(1, "m")
+    return np.where(np.isnat(closes), np.nan, out.astype("float64"))

@@ -8,10 +8,11 @@ liquid US equities where it matters for the pipeline:
 - a U-shaped intraday volatility and volume profile, volume rising with absolute returns;
 - prices on a one-cent grid with consistent OHLC.
 
-``planted_edge > 0`` adds a small predictable component: each symbol's log price is a random-walk anchor
-plus a mean-reverting deviation (an Ornstein-Uhlenbeck process with a half-life of about 15 bars) that
-carries ``planted_edge`` of the one-bar variance. Deviations show up in short-horizon returns and in the
-distance to VWAP, so a model can learn them. ``planted_edge = 0`` is a pure random walk.
+``planted_edge > 0`` adds a small predictable component: about 3% of bars carry a jump (together
+``planted_edge`` of the one-bar variance) that then reverts towards the random-walk anchor with a
+half-life of about 7 bars (a short-term reversal after shocks). Jumps show up in short-horizon returns,
+range and distance to VWAP, so a model can learn to buy after a sharp drop. ``planted_edge = 0`` is a
+pure random walk.
 
 Every frame produced here is SYNTHETIC and reports label it so (see :data:`SYNTHETIC_LABEL`).
 """
@@ -31,7 +32,8 @@ from config.settings import SyntheticConfig
 logger = logging.getLogger(__name__)
 
 SYNTHETIC_LABEL = "SYNTHETIC demo data (generated, not market data)"
-_OU_DECAY = 1.0 / 20.0  # per-bar pull of the planted deviation back to the anchor
+_OU_DECAY = 0.1  # per-bar pull of a planted jump back to the anchor (half-life ~7 bars)
+_JUMP_PROB = 0.03  # chance per bar of a planted jump
 _MINUTE_VOL = 0.0008  # typical one-minute log-return volatility
 
 
@@ -80,8 +82,9 @@ def _symbol_frame(
     s = sigma * idio_scale * day_vol
     # one-bar variance = (1 - edge) random walk + edge mean-reverting deviation increments
     anchor = beta * market * s + np.sqrt(1.0 - edge) * s * rng.standard_normal(n)
-    shocks = np.sqrt(edge) * s * rng.standard_normal(n)
-    deviation = lfilter([1.0], [1.0, -(1.0 - _OU_DECAY)], shocks)
+    # planted component: rare jumps (variance share = edge) that revert towards the anchor afterwards
+    jumps = np.where(rng.random(n) < _JUMP_PROB, rng.choice((-1.0, 1.0), n), 0.0) * np.sqrt(edge / _JUMP_PROB) * s
+    deviation = lfilter([1.0], [1.0, -(1.0 - _OU_DECAY)], jumps)
     first_bar = np.r_[True, day_ids[1:] != day_ids[:-1]]
     gaps = np.zeros(n)
     gaps[first_bar] = beta * market_gap[day_ids[first_bar]] + rng.normal(0.0, 0.006, first_bar.sum())
