@@ -101,7 +101,7 @@ class RiskConfig(_Frozen):
     """Fixed-fraction sizing and the risk gates."""
 
     risk_per_trade_fraction: float = Field(
-        0.002, gt=0.0, le=0.1,
+        0.001, gt=0.0, le=0.1,
         description="equity lost if the stop is hit: shares = fraction x equity / (price x stop_loss)",
     )
     daily_loss_limit: float = Field(

@@ -1,0 +1,42 @@
+"""backtrader analyzers for the reports: end-of-day equity and each day's max intraday drawdown."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import backtrader as bt
+
+logger = logging.getLogger(__name__)
+
+
+class DailyEquity(bt.Analyzer):
+    """Record, per exchange session, the closing account value and the worst intraday drawdown.
+
+    ``get_analysis()`` returns ``{session_key: {"equity": float, "max_drawdown": float}}`` where the
+    session key is the exchange-local date as days since 1970-01-01 and drawdown is a negative fraction
+    from the day's running peak (the previous close included).
+    """
+
+    def start(self) -> None:  # noqa: D102
+        self.days: dict[int, dict[str, float]] = {}
+        self._session = -1
+        self._peak = math.nan
+
+    def next(self) -> None:  # noqa: D102
+        session = int(self.strategy.risk.session)
+        if session < 0:
+            return
+        value = self.strategy.broker.getvalue()
+        if session != self._session:
+            prev = self.days.get(self._session, {}).get("equity", value)
+            self._session, self._peak = session, prev
+            self.days[session] = {"equity": value, "max_drawdown": 0.0}
+        day = self.days[session]
+        self._peak = max(self._peak, value)
+        day["equity"] = value
+        day["max_drawdown"] = min(day["max_drawdown"], value / self._peak - 1.0)
+
+    def get_analysis(self) -> dict[int, dict[str, Any]]:  # noqa: D102
+        return self.days
