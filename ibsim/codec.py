@@ -161,7 +161,7 @@ def parseHello(payload: bytes) -> ClientHello:
     return ClientHello(minVersion=low, maxVersion=high, options=(match.group(3) or "").strip())
 
 
-def negotiateVersion(hello: ClientHello, serverMax: int) -> int | None:
+def negotiateVersion(hello: ClientHello, serverMax: int, serverMin: int = 157) -> int | None:
     """Choose the server version to announce: never above the client's maximum.
 
     Parameters
@@ -170,14 +170,17 @@ def negotiateVersion(hello: ClientHello, serverMax: int) -> int | None:
         The client's range.
     serverMax
         The highest version this server can speak.
+    serverMin
+        The lowest version whose message layouts this server implements.
 
     Returns
     -------
     int or None
-        ``min(hello.maxVersion, serverMax)``, or None when the client's minimum is above it.
+        ``min(hello.maxVersion, serverMax)``, or None (refuse) when that is below the client's minimum
+        or below ``serverMin``.
     """
     version = min(hello.maxVersion, serverMax)
-    if version < hello.minVersion:
+    if version < hello.minVersion or version < serverMin:
         return None
     return version
 

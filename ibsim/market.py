@@ -122,7 +122,7 @@ class BarSeries:
         self.baseNs = int(diffs.min()) if diffs.size else 60 * NS
         local = index[order].tz_convert(EXCHANGE_TZ)
         minutes = local.hour * 60 + local.minute
-        self.rth = np.asarray((local.weekday < 5) & (minutes >= RTH_OPEN_MIN) & (minutes < RTH_CLOSE_MIN))
+        self.rth = np.asarray((local.day_of_week < 5) & (minutes >= RTH_OPEN_MIN) & (minutes < RTH_CLOSE_MIN))
         self.etDate = np.asarray(local.year * 10000 + local.month * 100 + local.day, dtype=np.int64)
         self.manual: list[tuple[int, float]] = []
 

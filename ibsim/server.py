@@ -638,14 +638,25 @@ class Gateway:
         logger.warning("dropped %d client connection(s)", len(sessions))
         return len(sessions)
 
+    def goDown(self) -> None:
+        """First half of a gateway restart: stop listening (connections are refused) and close sockets."""
+        logger.warning("gateway restart: no longer listening on port %d", self.port)
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        self.dropConnections()
+
+    async def comeBack(self) -> None:
+        """Second half of a gateway restart: listen again on the same port, state kept."""
+        if self._server is None:
+            await self._listen()
+        logger.warning("gateway back on port %d", self.port)
+
     async def restart(self, downSeconds: float) -> None:
         """Emulate a gateway restart: close sockets, refuse connections for ``downSeconds``, come back."""
-        logger.warning("gateway restart: refusing connections for %.2f s", downSeconds)
-        await self._stopListening()
-        self.dropConnections()
+        self.goDown()
         await asyncio.sleep(downSeconds)
-        await self._listen()
-        logger.warning("gateway back on port %d", self.port)
+        await self.comeBack()
 
     def loseConnectivity(self) -> None:
         """Start an IB server reset: 1100 and farm-broken notices; sockets stay open, fills pause."""

@@ -148,8 +148,18 @@ class IBSim:
         return self._call(self.gateway.dropConnections)
 
     def restart(self, downSeconds: float = 1.0, wait: bool = True) -> Future[None]:
-        """Close sockets, refuse connections for ``downSeconds`` (wall time), then listen again."""
-        return self._await(self.gateway.restart(downSeconds), wait)
+        """Close sockets and refuse connections for ``downSeconds`` (wall time), then listen again.
+
+        The sockets are closed and the port refuses connections when this returns; with ``wait=False`` the
+        returned future completes once the gateway listens again.
+        """
+        self._call(self.gateway.goDown)
+
+        async def later() -> None:
+            await asyncio.sleep(downSeconds)
+            await self.gateway.comeBack()
+
+        return self._await(later(), wait)
 
     def loseConnectivity(self) -> None:
         """Send 1100 (+ farm broken) with the sockets kept open; fills and bars pause."""
