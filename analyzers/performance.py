@@ -40,3 +40,25 @@ class DailyEquity(bt.Analyzer):
 
     def get_analysis(self) -> dict[int, dict[str, Any]]:  # noqa: D102
         return self.days
+
+
+class Progress(bt.Analyzer):
+    """A tqdm progress bar over the master clock (updates every ``every`` bars)."""
+
+    params = (("total", 0), ("every", 500), ("desc", "backtest"))
+
+    def start(self) -> None:  # noqa: D102
+        from tqdm.auto import tqdm  # noqa: PLC0415
+
+        self._bar = tqdm(total=self.p.total, desc=self.p.desc, unit="bar", leave=False)
+        self._pending = 0
+
+    def next(self) -> None:  # noqa: D102
+        self._pending += 1
+        if self._pending >= self.p.every:
+            self._bar.update(self._pending)
+            self._pending = 0
+
+    def stop(self) -> None:  # noqa: D102
+        self._bar.update(self._pending)
+        self._bar.close()

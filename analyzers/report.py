@@ -1,0 +1,183 @@
+"""Run reports: trades.csv, daily.csv, summary.json, the resolved config, model metadata, and a quantstats
+HTML tearsheet on **daily** returns against a benchmark given as a pandas Series (no network).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from analyzers.io import atomic_write, atomic_write_json
+from strategies.engine import BacktestResult
+from strategies.risk import BLOCK_REASONS
+
+logger = logging.getLogger(__name__)
+
+EXIT_REASONS = ("STOP", "TARGET", "TIMEOUT", "EOD")
+
+
+def daily_close(frame: pd.DataFrame) -> pd.Series:
+    """Return the last close of each exchange session, indexed by session date."""
+    local = frame.index.tz_convert("America/New_York")
+    closes = frame["close"].groupby(local.tz_localize(None).normalize()).last()
+    closes.index = pd.DatetimeIndex(closes.index, name="date")
+    return closes
+
+
+def daily_returns(equity: pd.Series, starting_cash: float) -> pd.Series:
+    """Turn end-of-day equity into daily returns (the first day against the starting cash)."""
+    prev = equity.shift(1).fillna(starting_cash)
+    return (equity / prev - 1.0).rename("strategy")
+
+
+def benchmark_returns(close: pd.Series, index: pd.DatetimeIndex) -> pd.Series:
+    """Daily buy-and-hold returns of a benchmark close series, aligned to the strategy's days."""
+    return close.pct_change().reindex(index).fillna(0.0).rename("benchmark")
+
+
+def daily_table(result: BacktestResult, starting_cash: float) -> pd.DataFrame:
+    """Build the per-day summary: trades, wins, P&L, blocked entries by reason, max drawdown, equity."""
+    days = result.daily_equity.index
+    table = pd.DataFrame(index=days)
+    trades = result.trades
+    exit_day = pd.DatetimeIndex(trades["exit_time"]).tz_convert("America/New_York").tz_localize(None).normalize()
+    grouped = trades.assign(day=exit_day, win=trades["pnl"] > 0).groupby("day")
+    table["trades"] = grouped.size().reindex(days).fillna(0).astype(int)
+    table["wins"] = grouped["win"].sum().reindex(days).fillna(0).astype(int)
+    table["pnl"] = result.daily_equity.diff().fillna(result.daily_equity.iloc[0] - starting_cash)
+    table["commission"] = grouped["commission"].sum().reindex(days).fillna(0.0)
+    blocked = result.blocked.pivot_table(index="date", columns="reason", values="count", aggfunc="sum")
+    for reason in BLOCK_REASONS:
+        col = blocked[reason] if reason in blocked.columns else pd.Series(dtype=float)
+        table[f"blocked_{reason.lower()}"] = col.reindex(days).fillna(0).astype(int)
+    table["max_drawdown"] = result.daily_drawdown
+    table["equity"] = result.daily_equity
+    table.index.name = "date"
+    return table
+
+
+def _num(x: float) -> float | None:
+    return None if x is None or not math.isfinite(float(x)) else round(float(x), 6)
+
+
+def performance_summary(returns: pd.Series, bench: pd.Series) -> dict[str, float | None]:
+    """Headline metrics from quantstats on daily returns."""
+    import quantstats as qs  # noqa: PLC0415 - slow import, only needed for reports
+
+    if len(returns) < 2:
+        return {"total_return": _num(float((1 + returns).prod() - 1)) if len(returns) else None}
+    return {
+        "total_return": _num(qs.stats.comp(returns)),
+        "cagr": _num(qs.stats.cagr(returns)),
+        "sharpe": _num(qs.stats.sharpe(returns)),
+        "sortino": _num(qs.stats.sortino(returns)),
+        "max_drawdown": _num(qs.stats.max_drawdown(returns)),
+        "volatility": _num(qs.stats.volatility(returns)),
+        "benchmark_total_return": _num(qs.stats.comp(bench)),
+    }
+
+
+def trade_summary(trades: pd.DataFrame) -> dict[str, Any]:
+    """Counts, win rate, P&L and exit reasons of the closed trades."""
+    n = len(trades)
+    reasons = trades["exit_reason"].value_counts()
+    return {
+        "trades": n,
+        "win_rate": _num(float((trades["pnl"] > 0).mean())) if n else None,
+        "net_pnl": _num(float(trades["pnl"].sum())),
+        "avg_pnl_per_trade": _num(float(trades["pnl"].mean())) if n else None,
+        "commission": _num(float(trades["commission"].sum())),
+        "avg_bars_held": _num(float(trades["bars_held"].mean())) if n else None,
+        "exit_reasons": {r: int(reasons.get(r, 0)) for r in EXIT_REASONS},
+    }
+
+
+def write_tearsheet(path: Path, returns: pd.Series, bench: pd.Series, title: str) -> None:
+    """Write the quantstats HTML tearsheet (headless, no downloads: the benchmark is a Series)."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
+    import warnings  # noqa: PLC0415
+
+    import quantstats as qs  # noqa: PLC0415
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        atomic_write(path, lambda p: qs.reports.html(returns, benchmark=bench, output=str(p), title=title,
+                                                     download_filename=path.name))
+
+
+def write_reports(
+    run_dir: Path,
+    result: BacktestResult,
+    *,
+    starting_cash: float,
+    benchmark_close: pd.Series,
+    benchmark_name: str,
+    data_label: str,
+    synthetic: bool,
+    model_metadata: dict[str, Any],
+    extra: dict[str, Any],
+    tearsheet: bool = True,
+) -> dict[str, Any]:
+    """Write every report file of a run into ``run_dir`` and return the summary dict."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trades = result.trades
+    atomic_write(run_dir / "trades.csv", lambda p: trades.to_csv(p, index=False, float_format="%.6f"))
+    daily = daily_table(result, starting_cash)
+    atomic_write(run_dir / "daily.csv", lambda p: daily.to_csv(p, float_format="%.6f"))
+    atomic_write_json(run_dir / "model_metadata.json", model_metadata)
+    returns = daily_returns(result.daily_equity, starting_cash)
+    bench = benchmark_returns(benchmark_close, returns.index)
+    blocked = {r.lower(): int(daily[f"blocked_{r.lower()}"].sum()) for r in BLOCK_REASONS}
+    summary = {
+        "data": data_label,
+        "synthetic": synthetic,
+        **extra,
+        "days": len(daily),
+        "bars": result.bars,
+        "starting_cash": starting_cash,
+        "final_equity": _num(float(result.daily_equity.iloc[-1])) if len(daily) else starting_cash,
+        "benchmark": f"buy-and-hold {benchmark_name}",
+        **performance_summary(returns, bench),
+        **trade_summary(trades),
+        "blocked_entries": blocked,
+        "worst_intraday_drawdown": _num(float(daily["max_drawdown"].min())) if len(daily) else None,
+    }
+    if tearsheet and len(returns) >= 2:
+        tag = "SYNTHETIC DATA - " if synthetic else ""
+        write_tearsheet(run_dir / "tearsheet.html", returns, bench,
+                        f"{tag}ML intraday strategy vs {benchmark_name} buy-and-hold")
+        summary["tearsheet"] = str(run_dir / "tearsheet.html")
+    atomic_write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """Render the compact end-of-run table."""
+    def pct(key: str) -> str:
+        v = summary.get(key)
+        return "n/a" if v is None else f"{100 * v:+.2f}%"
+
+    rows = [
+        ("Data", summary["data"]),
+        ("Period", f"{summary.get('first_day')} .. {summary.get('last_day')} ({summary['days']} days, "
+                   f"{summary['bars']} bars)"),
+        ("Symbols", ", ".join(summary.get("symbols", []))),
+        ("Total return", f"{pct('total_return')}  (benchmark {pct('benchmark_total_return')})"),
+        ("Sharpe / max DD", f"{summary.get('sharpe')} / {pct('max_drawdown')}"),
+        ("Trades / win rate", f"{summary['trades']} / {pct('win_rate')}"),
+        ("Exit reasons", ", ".join(f"{k} {v}" for k, v in summary["exit_reasons"].items())),
+        ("Blocked entries", ", ".join(f"{k} {v}" for k, v in summary["blocked_entries"].items())),
+        ("Commission", f"${summary['commission']:,.2f}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    bar = "-" * max(len(line) for line in lines)
+    return "\n".join([bar, *lines, bar])
+

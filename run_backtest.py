@@ -1,0 +1,157 @@
+"""Backtest the ML strategy: load bars, train (or load) the model, run backtrader, write the reports.
+
+    python run_backtest.py                          # SYNTHETIC demo universe, trains the demo model if needed
+    python run_backtest.py --data ~/bars --bar-size 5min --symbols SPY QQQ
+    python run_backtest.py --set strategy.p_up_entry_threshold=0.6 --retrain
+
+The model is trained on the first ``model.train_fraction`` of the sessions and the backtest runs on the rest,
+so the reported performance is out of sample. Exit codes: 0 ok, 2 bad input (config, data, model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from config.settings import AppConfig, ConfigError, dump_config, load_config
+from feeds.bars import BarDataError, frame_fingerprint
+from feeds.universe import load_universe
+from ml.model import ModelBundle, ModelError
+
+logger = logging.getLogger("run_backtest")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=None, help="TOML config (default: config/backtest.toml)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key, e.g. --set risk.max_concurrent_positions=2 (repeatable)")
+    ap.add_argument("--data", nargs="+", default=None, metavar="DIR_OR_FILE",
+                    help="bar files or directories (CSV, CSV.gz, Parquet; SYMBOL=path allowed) instead of "
+                         "the synthetic universe")
+    ap.add_argument("--symbols", nargs="+", default=None, help="restrict to these symbols")
+    ap.add_argument("--bar-size", choices=("1min", "5min"), default=None)
+    ap.add_argument("--model", default=None, help="model bundle directory (default: model.path)")
+    ap.add_argument("--retrain", action="store_true", help="train a new model even if one exists")
+    ap.add_argument("--no-tearsheet", action="store_true", help="skip the quantstats HTML tearsheet")
+    ap.add_argument("--run-id", default=None, help="report folder name (default: a timestamp)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    return ap.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace) -> AppConfig:
+    """Load the config and apply command-line flags as overrides (so errors name the key)."""
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.source={args.data[0]!r}" if len(args.data) == 1 else f"data.source={args.data!r}")
+    if args.symbols:
+        overrides.append(f"data.symbols={[s.upper() for s in args.symbols]!r}")
+    if args.bar_size:
+        overrides.append(f"data.bar_size={args.bar_size!r}")
+    if args.model:
+        overrides.append(f"model.path={args.model!r}")
+    if args.no_tearsheet:
+        overrides.append("backtest.tearsheet=false")
+    return load_config(args.config, overrides)
+
+
+def obtain_model(cfg: AppConfig, train_frames: dict, data_label: str, run_dir: Path, *, retrain: bool,
+                 explicit: bool, progress: bool) -> ModelBundle:
+    """Load the configured model bundle, or train it when missing, forced, or trained on other data."""
+    from ml.train import format_report, label_params, train_model  # noqa: PLC0415 - training is optional
+
+    expect = {"bar_size": cfg.data.bar_size, "label_params": label_params(cfg).to_dict()}
+    path = Path(cfg.model.path)
+    if not retrain and (path / "metadata.json").exists():
+        bundle = ModelBundle.load(path, expect=expect)
+        same_data = bundle.metadata.get("data_fingerprint") == frame_fingerprint(train_frames)
+        if same_data or explicit:
+            if not same_data:
+                logger.warning("model %s was trained on other data (%s)", path, bundle.metadata.get("data_label"))
+            logger.info("using model %s", path)
+            return bundle
+        logger.info("model %s was trained on other data; retraining on this data", path)
+    print(f"Training {cfg.model.kind} model on {sum(len(f) for f in train_frames.values()):,} bars ...")
+    bundle, report = train_model(cfg, train_frames, data_label, run_dir=run_dir, progress=progress)
+    print(format_report(report))
+    return bundle
+
+
+def benchmark_series(cfg: AppConfig, frames: dict) -> tuple[str, Any]:
+    """Return (name, daily close) of the benchmark: the configured symbol or the first symbol."""
+    from analyzers.report import daily_close  # noqa: PLC0415
+
+    name = cfg.backtest.benchmark or next(iter(frames))
+    if name not in frames:
+        raise BarDataError(f"backtest.benchmark = {name!r} is not among the loaded symbols {list(frames)}")
+    return name, daily_close(frames[name])
+
+
+def run(cfg: AppConfig, args: argparse.Namespace) -> dict[str, Any]:
+    """Train/load, backtest out of sample, write the reports; return the summary."""
+    from analyzers.performance import Progress  # noqa: PLC0415
+    from analyzers.report import format_summary, write_reports  # noqa: PLC0415
+    from ml.train import split_sessions  # noqa: PLC0415
+    from strategies.engine import build_cerebro, run_cerebro  # noqa: PLC0415
+    from strategies.ml_strategy import strategy_params  # noqa: PLC0415
+
+    started = time.monotonic()
+    run_id = args.run_id or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(cfg.backtest.reports_dir) / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, run_dir / "config.toml")
+    universe = load_universe(cfg)
+    if universe.synthetic:
+        print(f"Data: {universe.label}")
+    train_frames, test_frames = split_sessions(universe.frames, cfg.model.train_fraction)
+    bundle = obtain_model(cfg, train_frames, universe.label, run_dir, retrain=args.retrain,
+                          explicit=args.model is not None, progress=not args.quiet)
+    kwargs = {**strategy_params(cfg), "model": bundle}
+    cerebro = build_cerebro(test_frames, kwargs, starting_cash=cfg.backtest.starting_cash,
+                            commission=cfg.costs.commission, tiered_monthly_shares=cfg.costs.tiered_monthly_shares,
+                            risk_per_trade_fraction=cfg.risk.risk_per_trade_fraction, calendar=cfg.data.calendar)
+    if not args.quiet:
+        cerebro.addanalyzer(Progress, total=max(len(f) for f in test_frames.values()), desc="backtest")
+    result = run_cerebro(cerebro)
+    bench_name, bench_close = benchmark_series(cfg, test_frames)
+    first = min(f.index[0] for f in test_frames.values())
+    last = max(f.index[-1] for f in test_frames.values())
+    extra = {"run_id": run_id, "symbols": list(test_frames), "bar_size": cfg.data.bar_size,
+             "first_day": str(first.tz_convert("America/New_York").date()),
+             "last_day": str(last.tz_convert("America/New_York").date()),
+             "model": str(cfg.model.path), "model_cv_auc": bundle.metadata.get("cv", {}).get("mean_auc"),
+             "out_of_sample": True, "runtime_seconds": None}
+    summary = write_reports(run_dir, result, starting_cash=cfg.backtest.starting_cash, benchmark_close=bench_close,
+                            benchmark_name=bench_name, data_label=universe.label, synthetic=universe.synthetic,
+                            model_metadata=bundle.metadata, extra=extra, tearsheet=cfg.backtest.tearsheet)
+    summary["runtime_seconds"] = round(time.monotonic() - started, 1)
+    print(format_summary(summary))
+    print(f"Reports: {run_dir}/")
+    if "tearsheet" in summary:
+        print(f"Tearsheet: {summary['tearsheet']}")
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = resolve_config(args)
+        run(cfg, args)
+    except (ConfigError, BarDataError, ModelError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
