@@ -418,6 +418,31 @@ class Broker:
             series = self.market.get(symbol)
             self._processSymbol(series, symbol, nowNs)
 
+    def applyPrint(self, symbol: str, timeNs: int, price: float) -> None:
+        """Let working orders react to a price printed by hand at the current time.
+
+        Parameters
+        ----------
+        symbol
+            The ticker.
+        timeNs
+            The print's time (the current simulated time, already examined by :meth:`process`).
+        price
+            The printed price.
+        """
+        self._nowNs = timeNs
+        if self.paused:
+            return
+        series = self.market.get(symbol)
+        bar = series.barIndexAt(timeNs)
+        tick = Tick(timeNs, float(price), -1 if bar is None else bar, True)
+        for order in self.working(symbol):
+            if order.examFromNs <= timeNs:
+                continue  # not yet examined up to now: process() will see the print
+            if order.outsideRth or series.isRth(tick):
+                self._examine(order, tick)
+            order.lastSeen = tick.price
+
     def _processSymbol(self, series: BarSeries, symbol: str, nowNs: int) -> None:
         orders = self.working(symbol)
         start = min(o.examFromNs for o in orders)

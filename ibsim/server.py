@@ -541,7 +541,9 @@ class Gateway:
 
     def setPrice(self, symbol: str, price: float) -> None:
         """Print ``price`` for ``symbol`` on the tape now (orders react immediately)."""
-        self.market.get(symbol).setPrice(int(pd.Timestamp(self.clock.now()).value), price)
+        nowNs = int(pd.Timestamp(self.clock.now()).value)
+        self.market.get(symbol).setPrice(nowNs, price)
+        self.broker.applyPrint(symbol.upper(), nowNs, price)
         self.process()
 
     # -- historical data --------------------------------------------------------------------------
