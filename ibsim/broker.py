@@ -324,7 +324,7 @@ class Broker:
         for o in self.orders.values():
             if o.status != HELD or o.clientId != order.clientId or o is order:
                 continue
-            parentLink = order.parentId and (o.orderId == order.parentId or o.parentId == order.parentId)
+            parentLink = order.parentId and order.parentId in {o.orderId, o.parentId}
             ocaLink = order.ocaGroup and o.ocaGroup == order.ocaGroup
             if parentLink or ocaLink:
                 out.append(o)
@@ -382,14 +382,16 @@ class Broker:
                 self._cancel(order)
 
     def _children(self, order: SimOrder) -> list[SimOrder]:
-        return [o for o in self.orders.values() if o.clientId == order.clientId and o.parentId == order.orderId]
+        return [o for o in self.orders.values()
+                if o.clientId == order.clientId and o.parentId == order.orderId]
 
     def _siblings(self, order: SimOrder) -> list[SimOrder]:
         out = []
         for o in self.orders.values():
             if o is order or o.clientId != order.clientId or o.status in DONE:
                 continue
-            if (order.parentId and o.parentId == order.parentId) or (order.ocaGroup and o.ocaGroup == order.ocaGroup):
+            sameParent = order.parentId and o.parentId == order.parentId
+            if sameParent or (order.ocaGroup and o.ocaGroup == order.ocaGroup):
                 out.append(o)
         return out
 
@@ -546,7 +548,8 @@ class Broker:
         q, a = pos.qty, pos.avgCost
         if q == 0 or (q > 0) == (signedQty > 0):
             size = abs(q) + abs(signedQty)
-            pos.avgCost = (abs(q) * a + abs(signedQty) * price + (1 if signedQty > 0 else -1) * commission) / size
+            signedCommission = commission if signedQty > 0 else -commission
+            pos.avgCost = (abs(q) * a + abs(signedQty) * price + signedCommission) / size
             pos.qty = q + signedQty
             return None
         closed = min(abs(signedQty), abs(q))

@@ -29,7 +29,7 @@ class CodecError(ValueError):
     """Raise when bytes on the wire do not follow the TWS framing."""
 
 
-def formatField(value: Field) -> str:
+def formatField(value: Field) -> str:  # noqa: PLR0911  (one branch per wire type reads best)
     """Format one field the way TWS and the client libraries write it.
 
     Parameters

@@ -257,7 +257,7 @@ class Market:
         tick = self.get(symbol).lastTick(toNs(at))
         return None if tick is None else tick.price
 
-    def history(self, symbol: str, now: datetime, end: datetime | None, duration: str, barSize: str,
+    def history(self, symbol: str, now: datetime, end: datetime | None, *, duration: str, barSize: str,
                 useRth: bool) -> pd.DataFrame:
         """Answer a historical-bars request as IB would at simulated time ``now``.
 
@@ -295,14 +295,15 @@ class Market:
         inclusive = end is None or toNs(end) >= nowNs
         asOf = nowNs if inclusive else toNs(end)  # type: ignore[arg-type]
         hi = int(np.searchsorted(series.starts, asOf, side="right" if inclusive else "left"))
-        lo = self._durationStart(series, hi, asOf, count, unit, useRth)
+        lo = self._durationStart(series, hi, asOf, (count, unit), useRth)
         frame = series.frameUpTo(lo, hi, asOf, inclusive)
         if useRth:
             frame = frame[frame["rth"]]
         return _resample(frame, sizeNs, series.baseNs)
 
     @staticmethod
-    def _durationStart(series: BarSeries, hi: int, asOf: int, count: int, unit: str, useRth: bool) -> int:
+    def _durationStart(series: BarSeries, hi: int, asOf: int, duration: tuple[int, str], useRth: bool) -> int:
+        count, unit = duration
         if unit == "S":
             return int(np.searchsorted(series.starts, asOf - count * NS, side="left"))
         if unit == "D":
@@ -327,7 +328,8 @@ def _resample(frame: pd.DataFrame, sizeNs: int, baseNs: int) -> pd.DataFrame:
         out = pd.DataFrame({
             "start": grouped["start"].first(), "open": grouped["open"].first(),
             "high": grouped["high"].max(), "low": grouped["low"].min(), "close": grouped["close"].last(),
-            "volume": grouped["volume"].sum(), "pv": grouped["pv"].sum(), "typical": grouped["typical"].last(),
+            "volume": grouped["volume"].sum(), "pv": grouped["pv"].sum(),
+            "typical": grouped["typical"].last(),
             "etDate": grouped["etDate"].first(), "barCount": grouped["start"].count(),
         })
         if sizeNs < 86400 * NS:
@@ -337,5 +339,5 @@ def _resample(frame: pd.DataFrame, sizeNs: int, baseNs: int) -> pd.DataFrame:
         avg = np.where(vol > 0, out["pv"].to_numpy(dtype=float) / np.where(vol > 0, vol, 1.0),
                        out["typical"].to_numpy(dtype=float))
     out = out.assign(average=np.round(avg, 6))
-    return out[["start", "open", "high", "low", "close", "volume", "average", "barCount", "etDate"]].reset_index(
-        drop=True)
+    columns = ["start", "open", "high", "low", "close", "volume", "average", "barCount", "etDate"]
+    return out[columns].reset_index(drop=True)

@@ -126,7 +126,8 @@ def accountValue(key: str, value: str, currency: str, account: str) -> list[Fiel
     return [6, 2, key, value, currency, account]
 
 
-def portfolioValue(contract: StockContract, qty: float, marketPrice: float, marketValue: float,
+def portfolioValue(  # noqa: PLR0917  (arguments in TWS wire order)
+        contract: StockContract, qty: float, marketPrice: float, marketValue: float,
                    avgCost: float, unrealizedPNL: float, realizedPNL: float, account: str) -> list[Field]:
     """Build ``7`` portfolioValue (20 fields)."""
     return [7, 8, contract.conId, contract.symbol, "STK", "", 0.0, "", "", contract.primaryExchange,
@@ -237,14 +238,17 @@ def openOrder(o: OrderFields, c: StockContract, status: str) -> list[Field]:
         "", 0, "", "", 0, 0, "",  # hedgeType optOutSmartRouting clearing… notHeld dncPresent algoStrategy
     ]
     tail: list[Field] = [
-        0, 0, status, "", "", "", "", "", "", "", "", "", "", "", "", "", "", 0, 0,  # solicited … randomizePrice
+        0, 0, status,  # solicited whatIf status
+        "", "", "", "", "", "", "", "", "", "", "", "", "", "",  # margins, commissions, warningText
+        0, 0,  # randomizeSize randomizePrice
         0,  # numConditions
         "", "", "", "", "", "", "", 0, "", "", "", "", 0, 0, "", 0,  # adjustedOrderType … usePriceMgmtAlgo
     ]
     return head + middle + tail
 
 
-def orderStatus(orderId: int, status: str, filled: float, remaining: float, avgFillPrice: float,
+def orderStatus(  # noqa: PLR0917  (arguments in TWS wire order)
+        orderId: int, status: str, filled: float, remaining: float, avgFillPrice: float,
                 permId: int, parentId: int, lastFillPrice: float, clientId: int) -> list[Field]:
     """Build ``3`` orderStatus (no version field)."""
     return [3, orderId, status, filled, remaining, avgFillPrice, permId, parentId, lastFillPrice,

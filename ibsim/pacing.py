@@ -114,7 +114,8 @@ class PacingGuard:
         same = sum(w for t, k, w in self._history
                    if k.contractKey == key.contractKey and now - t < rules.sameContractWindow)
         if same + weight > rules.sameContractMax:
-            return f"more than {rules.sameContractMax} requests for {key.symbol} within {rules.sameContractWindow:g} s"
+            return (f"more than {rules.sameContractMax} requests for {key.symbol} "
+                    f"within {rules.sameContractWindow:g} s")
         total = sum(w for _, _, w in self._history)
         if total + weight > rules.longMax:
             return f"more than {rules.longMax} requests within {rules.longWindow:g} s"

@@ -13,7 +13,16 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 
 from ibsim import messages as msg
-from ibsim.broker import WORKING, Broker, CommissionSchedule, Event, FillPolicy, OrderSnap, SimOrder, contractFor
+from ibsim.broker import (
+    WORKING,
+    Broker,
+    CommissionSchedule,
+    Event,
+    FillPolicy,
+    OrderSnap,
+    SimOrder,
+    contractFor,
+)
 from ibsim.clock import SimClock
 from ibsim.codec import API_MAGIC, CodecError, Field, encodeFields, fieldsAt, negotiateVersion, parseHello
 from ibsim.market import EXCHANGE_TZ, NS, HistoryError, Market, parseBarSize
@@ -409,24 +418,26 @@ class Gateway:
 
     def pushAccount(self, symbols: set[str]) -> None:
         """Send position, portfolio and account-value updates to every subscribed session."""
-        values = self._values()
+        values = [v for v in self._values() if v[0] not in _TEXT_KEYS]
         for session in self._ready():
             for symbol in sorted(symbols):
                 if session.positions:
                     session.send(self._position(symbol))
                 if session.accountUpdates:
                     session.send(self._portfolio(symbol))
-            if session.accountUpdates:
-                for key, value, currency in values:
-                    if key not in _TEXT_KEYS:
-                        session.send(msg.accountValue(key, value, currency, self.config.account))
-                session.send(self._accountTime())
-            for reqId in sorted(session.multi):
-                for key, value, currency in values:
-                    if key not in _TEXT_KEYS:
-                        session.send(msg.accountUpdateMulti(reqId, self.config.account, key, value, currency))
-            for reqId, tags in session.summary.items():
-                self._sendSummary(session, reqId, tags)
+            self._pushValues(session, values)
+
+    def _pushValues(self, session: Session, values: list[tuple[str, str, str]]) -> None:
+        account = self.config.account
+        if session.accountUpdates:
+            for key, value, currency in values:
+                session.send(msg.accountValue(key, value, currency, account))
+            session.send(self._accountTime())
+        for reqId in sorted(session.multi):
+            for key, value, currency in values:
+                session.send(msg.accountUpdateMulti(reqId, account, key, value, currency))
+        for reqId, tags in session.summary.items():
+            self._sendSummary(session, reqId, tags)
 
     # -- orders -----------------------------------------------------------------------------------
     def _placeOrder(self, session: Session, f: list[str]) -> None:
@@ -439,7 +450,8 @@ class Gateway:
         order = SimOrder(
             clientId=clientId, orderId=orderId, permId=0, contract=contract, action=f[16].upper(),
             totalQuantity=float(f[17] or 0), orderType=f[18].upper(), lmtPrice=_optFloat(f[19]),
-            auxPrice=_optFloat(f[20]), tif=f[21] or "DAY", ocaGroup=f[22], account=f[23] or self.config.account,
+            auxPrice=_optFloat(f[20]), tif=f[21] or "DAY", ocaGroup=f[22],
+            account=f[23] or self.config.account,
             orderRef=f[26], transmit=f[27] != "0", parentId=int(f[28] or 0), outsideRth=f[33] == "1",
             ocaType=int(fieldsAt(f, 47) or 0),
         )
@@ -601,7 +613,7 @@ class Gateway:
         now = self.clock.now()
         end = parseEndDateTime(f[15])
         try:
-            frame = self.market.history(symbol, now, end, f[17], f[16], f[18] == "1")
+            frame = self.market.history(symbol, now, end, duration=f[17], barSize=f[16], useRth=f[18] == "1")
         except HistoryError as exc:
             session.send(msg.error(reqId, 162, f"{msg.TEXT[162]}{exc}"))
             return

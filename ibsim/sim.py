@@ -169,7 +169,8 @@ class IBSim:
         """Send farm OK + 1102 (1101 when ``dataLost``)."""
         self._call(lambda: self.gateway.restoreConnectivity(dataLost))
 
-    def nightlyReset(self, downSeconds: float = 1.0, dataLost: bool = False, wait: bool = True) -> Future[None]:
+    def nightlyReset(self, downSeconds: float = 1.0, dataLost: bool = False,
+                     wait: bool = True) -> Future[None]:
         """Run the 1100 → 1102 sequence over ``downSeconds`` of wall time."""
         return self._await(self.gateway.nightlyReset(downSeconds, dataLost), wait)
 

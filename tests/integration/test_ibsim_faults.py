@@ -50,7 +50,8 @@ def test_nightly_reset_sends_1100_then_1102_with_the_socket_kept_open(ib: IB, si
     assert ib.isConnected()
     wait_until(ib, trade.isDone)
     assert trade.orderStatus.status == "Filled"
-    wait_until(ib, lambda: len(sim.requests("reqAccountSummary")) > summaries_before)  # ib_async re-requests it
+    # ib_async re-requests the account summary on 1102
+    wait_until(ib, lambda: len(sim.requests("reqAccountSummary")) > summaries_before)
 
 
 def test_nightly_reset_over_wall_time_ends_with_1102(ib: IB, sim: IBSim, wait_until: Wait) -> None:
@@ -61,7 +62,8 @@ def test_nightly_reset_over_wall_time_ends_with_1102(ib: IB, sim: IBSim, wait_un
     assert ib.isConnected()
 
 
-def test_history_requested_during_a_reset_is_answered_after_1102(ib: IB, sim: IBSim, wait_until: Wait) -> None:
+def test_history_requested_during_a_reset_is_answered_after_1102(ib: IB, sim: IBSim,
+                                                                 wait_until: Wait) -> None:
     sim.loseConnectivity()
     task = asyncio.ensure_future(ib.reqHistoricalDataAsync(AAPL, "", "1 D", "1 min", "TRADES", True))
     ib.sleep(0.2)
@@ -71,7 +73,8 @@ def test_history_requested_during_a_reset_is_answered_after_1102(ib: IB, sim: IB
     assert len(task.result()) == 31
 
 
-def test_dropped_sockets_disconnect_the_client_and_it_can_reconnect(ib: IB, sim: IBSim, wait_until: Wait) -> None:
+def test_dropped_sockets_disconnect_the_client_and_it_can_reconnect(ib: IB, sim: IBSim,
+                                                                   wait_until: Wait) -> None:
     disconnects: list[bool] = []
     ib.disconnectedEvent += lambda: disconnects.append(True)
     assert sim.dropConnections() == 1

@@ -20,7 +20,8 @@ def _row(frame: pd.DataFrame, local: str) -> pd.Series:
     return frame.loc[pd.Timestamp(local, tz=NY).tz_convert("UTC")]
 
 
-def test_history_ends_with_the_still_forming_bar(ib: IB, sim: IBSim, sim_bars: dict[str, pd.DataFrame]) -> None:
+def test_history_ends_with_the_still_forming_bar(ib: IB, sim: IBSim,
+                                                 sim_bars: dict[str, pd.DataFrame]) -> None:
     sim.advance(seconds=20)
     bars = ib.reqHistoricalData(AAPL, "", "1 D", "1 min", "TRADES", useRTH=True, formatDate=1)
     assert bars[0].date == datetime(2024, 1, 4, 9, 30, tzinfo=NY)
@@ -104,7 +105,8 @@ def test_withheld_answer_times_out_on_the_client_and_is_cancelled(ib: IB, sim: I
     assert len(ib.reqHistoricalData(AAPL, "", "1 D", "1 min", "TRADES", True, timeout=0.5)) == 0
     ib.sleep(0.1)
     assert len(sim.requests("cancelHistoricalData")) == 1
-    assert errors and errors[-1][0] == 162
+    assert errors
+    assert errors[-1][0] == 162
     assert "API historical data query cancelled" in errors[-1][1]
     sim.advance(seconds=16)
     assert len(ib.reqHistoricalData(AAPL, "", "1 D", "1 min", "TRADES", True, timeout=2)) == 31

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from ib_async import IB, LimitOrder, MarketOrder, Stock, StopOrder, Trade
 
-from ibsim import IBSim
-from tests.integration.conftest import NY
+from ibsim import IBSim, SimConfig
+from tests.integration.conftest import NY, SIM_START
 
 Wait = Callable[..., None]
 
@@ -64,9 +64,6 @@ def test_market_order_fills_at_the_next_price_the_tape_reaches(
 
 def test_slippage_moves_market_fills_against_the_trader(sim_bars: dict[str, pd.DataFrame],
                                                         wait_until: Wait) -> None:
-    from ibsim import SimConfig
-    from tests.integration.conftest import SIM_START
-
     with IBSim(sim_bars, SIM_START, SimConfig(slippage=0.02)) as sim:
         ib = IB()
         ib.connect(sim.host, sim.port, clientId=1)
@@ -108,7 +105,8 @@ def test_stop_order_triggers_from_a_bar_low(ib: IB, sim: IBSim, aapl: Stock, wai
     assert trade.orderStatus.avgFillPrice == pytest.approx(stop - 0.10)
 
 
-def _bracket(ib: IB, contract: Stock, quantity: int, entry: float, target: float, stop: float) -> list[Trade]:
+def _bracket(ib: IB, contract: Stock, quantity: int, prices: tuple[float, float, float]) -> list[Trade]:
+    entry, target, stop = prices
     return [ib.placeOrder(contract, order) for order in ib.bracketOrder("BUY", quantity, entry, target, stop)]
 
 
@@ -127,7 +125,7 @@ def test_bracket_target_fill_cancels_stop(ib: IB, sim: IBSim, aapl: Stock, wait_
     errors: list[tuple[int, int]] = []
     ib.errorEvent += lambda reqId, code, *_: errors.append((reqId, code))
     price = sim.gateway.market.lastPrice("AAPL", sim.now())
-    parent, target, stop = _bracket(ib, aapl, 100, price + 1.0, price + 2.0, price - 2.0)
+    parent, target, stop = _bracket(ib, aapl, 100, (price + 1.0, price + 2.0, price - 2.0))
     wait_until(ib, lambda: parent.isDone() and target.orderStatus.status == "Submitted"
                and stop.orderStatus.status == "Submitted")
     assert parent.orderStatus.avgFillPrice == price  # a marketable limit fills at the next print
@@ -141,7 +139,7 @@ def test_bracket_target_fill_cancels_stop(ib: IB, sim: IBSim, aapl: Stock, wait_
 
 def test_bracket_stop_fill_cancels_target(ib: IB, sim: IBSim, aapl: Stock, wait_until: Wait) -> None:
     price = sim.gateway.market.lastPrice("AAPL", sim.now())
-    parent, target, stop = _bracket(ib, aapl, 100, price + 1.0, price + 2.0, price - 2.0)
+    parent, target, stop = _bracket(ib, aapl, 100, (price + 1.0, price + 2.0, price - 2.0))
     wait_until(ib, lambda: parent.isDone() and stop.orderStatus.status == "Submitted")
     sim.setPrice("AAPL", price - 2.3)
     wait_until(ib, lambda: target.isDone() and stop.isDone())
@@ -155,7 +153,7 @@ def test_bracket_stop_fill_cancels_target(ib: IB, sim: IBSim, aapl: Stock, wait_
 def test_bracket_children_trigger_from_bar_highs_and_lows(ib: IB, sim: IBSim, aapl: Stock, wait_until: Wait,
                                                           sim_bars: dict[str, pd.DataFrame]) -> None:
     price = sim.gateway.market.lastPrice("AAPL", sim.now())
-    parent, target, stop = _bracket(ib, aapl, 10, price + 1.0, price + 0.30, price - 0.30)
+    parent, target, stop = _bracket(ib, aapl, 10, (price + 1.0, price + 0.30, price - 0.30))
     wait_until(ib, parent.isDone)
     sim.advance(minutes=120)
     wait_until(ib, lambda: target.isDone() and stop.isDone())
@@ -169,7 +167,7 @@ def test_bracket_children_trigger_from_bar_highs_and_lows(ib: IB, sim: IBSim, aa
 
 def test_time_exit_cancels_children_then_sells(ib: IB, sim: IBSim, aapl: Stock, wait_until: Wait) -> None:
     price = sim.gateway.market.lastPrice("AAPL", sim.now())
-    parent, target, stop = _bracket(ib, aapl, 100, price + 1.0, price + 50.0, price - 50.0)
+    parent, target, stop = _bracket(ib, aapl, 100, (price + 1.0, price + 50.0, price - 50.0))
     wait_until(ib, lambda: parent.isDone() and target.orderStatus.status == "Submitted")
     sim.advance(minutes=30)
     ib.cancelOrder(target.order)
@@ -211,7 +209,8 @@ def test_rejected_order_gets_201_and_ends_inactive(ib: IB, sim: IBSim, aapl: Sto
     assert again.orderStatus.status == "Filled"
 
 
-def test_partial_fills_arrive_as_several_executions(ib: IB, sim: IBSim, aapl: Stock, wait_until: Wait) -> None:
+def test_partial_fills_arrive_as_several_executions(ib: IB, sim: IBSim, aapl: Stock,
+                                                    wait_until: Wait) -> None:
     sim.setPartialFills(30, symbol="AAPL")
     trade = ib.placeOrder(aapl, MarketOrder("BUY", 100))
     wait_until(ib, lambda: len(trade.fills) == 1)
@@ -242,7 +241,8 @@ def test_open_orders_and_executions_are_listed_on_request(ib: IB, sim: IBSim, aa
     assert sim.order(filled.order.orderId).status == "Filled"
 
 
-def test_account_stays_consistent_after_a_round_trip(ib: IB, sim: IBSim, aapl: Stock, wait_until: Wait) -> None:
+def test_account_stays_consistent_after_a_round_trip(ib: IB, sim: IBSim, aapl: Stock,
+                                                     wait_until: Wait) -> None:
     buy = ib.placeOrder(aapl, MarketOrder("BUY", 200))
     wait_until(ib, buy.isDone)
     sim.advance(minutes=30)
@@ -253,5 +253,6 @@ def test_account_stays_consistent_after_a_round_trip(ib: IB, sim: IBSim, aapl: S
     assert values["RealizedPnL"] == pytest.approx(gross - 2.0)
     assert values["NetLiquidation"] == pytest.approx(1_000_000 + gross - 2.0)
     assert sim.cash == pytest.approx(values["NetLiquidation"])
-    wait_until(ib, lambda: any(v.tag == "RealizedPnL" and float(v.value) == pytest.approx(gross - 2.0, abs=0.01)
+    expected = pytest.approx(gross - 2.0, abs=0.01)
+    wait_until(ib, lambda: any(v.tag == "RealizedPnL" and float(v.value) == expected
                                for v in ib.accountValues()))

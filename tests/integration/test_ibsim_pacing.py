@@ -46,7 +46,8 @@ def test_sixth_request_for_one_contract_within_2_seconds_gets_162(
     assert _bars(ib, AAPL, "360 S") > 0
 
 
-def test_more_than_60_requests_in_10_minutes_gets_162(ib: IB, sim: IBSim, errors: list[tuple[int, str]]) -> None:
+def test_more_than_60_requests_in_10_minutes_gets_162(ib: IB, sim: IBSim,
+                                                      errors: list[tuple[int, str]]) -> None:
     for i in range(60):
         assert _bars(ib, AAPL if i % 2 else MSFT, f"{60 + i} S") > 0
         sim.advance(seconds=1)
