@@ -19,12 +19,12 @@ class DailyEquity(bt.Analyzer):
     from the day's running peak (the previous close included).
     """
 
-    def start(self) -> None:  # noqa: D102
+    def start(self) -> None:
         self.days: dict[int, dict[str, float]] = {}
         self._session = -1
         self._peak = math.nan
 
-    def next(self) -> None:  # noqa: D102
+    def next(self) -> None:
         session = int(self.strategy.risk.session)
         if session < 0:
             return
@@ -38,7 +38,7 @@ class DailyEquity(bt.Analyzer):
         day["equity"] = value
         day["max_drawdown"] = min(day["max_drawdown"], value / self._peak - 1.0)
 
-    def get_analysis(self) -> dict[int, dict[str, Any]]:  # noqa: D102
+    def get_analysis(self) -> dict[int, dict[str, Any]]:
         return self.days
 
 
@@ -47,18 +47,18 @@ class Progress(bt.Analyzer):
 
     params = (("total", 0), ("every", 500), ("desc", "backtest"))
 
-    def start(self) -> None:  # noqa: D102
+    def start(self) -> None:
         from tqdm.auto import tqdm  # noqa: PLC0415
 
         self._bar = tqdm(total=self.p.total, desc=self.p.desc, unit="bar", leave=False)
         self._pending = 0
 
-    def next(self) -> None:  # noqa: D102
+    def next(self) -> None:
         self._pending += 1
         if self._pending >= self.p.every:
             self._bar.update(self._pending)
             self._pending = 0
 
-    def stop(self) -> None:  # noqa: D102
+    def stop(self) -> None:
         self._bar.update(self._pending)
         self._bar.close()

@@ -59,9 +59,10 @@ def discover_files(source: str | Path | Sequence[str | Path]) -> dict[str, Path]
     found: dict[str, Path] = {}
     for item in items:
         explicit: str | None = None
+        target = item
         if isinstance(item, str) and "=" in item and not Path(item).exists():
-            explicit, item = item.split("=", 1)
-        path = Path(item).expanduser()
+            explicit, target = item.split("=", 1)
+        path = Path(target).expanduser()
         if path.is_dir():
             files = sorted(p for p in path.iterdir() if p.name.lower().endswith(_SUFFIXES))
             if not files:

@@ -17,7 +17,7 @@ class DailyLossObserver(bt.Observer):
     plotinfo = {"plot": True, "subplot": True, "plotname": "Daily P&L vs limit"}
     plotlines = {"loss_limit": {"ls": "--", "color": "red"}}
 
-    def next(self) -> None:  # noqa: D102
+    def next(self) -> None:
         strat = self._owner
         start = strat.risk.start_equity
         equity = strat.broker.getvalue()
@@ -32,7 +32,7 @@ class PositionsObserver(bt.Observer):
     plotinfo = {"plot": True, "subplot": True, "plotname": "Open positions"}
     plotlines = {"max_positions": {"ls": "--", "color": "red"}}
 
-    def next(self) -> None:  # noqa: D102
+    def next(self) -> None:
         strat = self._owner
         self.lines.open_positions[0] = sum(1 for b in strat.books.values() if b.busy)
         self.lines.max_positions[0] = strat.p.max_concurrent_positions
@@ -44,7 +44,7 @@ class BlockedEntriesObserver(bt.Observer):
     lines = ("blocked",)
     plotinfo = {"plot": True, "subplot": True, "plotname": "Blocked entries today"}
 
-    def next(self) -> None:  # noqa: D102
+    def next(self) -> None:
         self.lines.blocked[0] = sum(self._owner.risk.blocked.values())
 
 

@@ -108,7 +108,7 @@ class EntryWindowRule:
     minutes: int
     reason: str = CLOSE_WINDOW
 
-    def allows(self, ctx: EntryContext) -> bool:  # noqa: D102
+    def allows(self, ctx: EntryContext) -> bool:
         return ctx.minutes_to_close >= self.minutes
 
 
@@ -119,7 +119,7 @@ class DailyLossRule:
     limit: float
     reason: str = DAILY_LOSS
 
-    def allows(self, ctx: EntryContext) -> bool:  # noqa: D102
+    def allows(self, ctx: EntryContext) -> bool:
         start = ctx.state.start_equity
         return not start > 0 or ctx.state.day_pnl(ctx.equity) > -self.limit * start
 
@@ -130,7 +130,7 @@ class CooldownRule:
 
     reason: str = COOLDOWN
 
-    def allows(self, ctx: EntryContext) -> bool:  # noqa: D102
+    def allows(self, ctx: EntryContext) -> bool:
         return ctx.state.cooldowns.get(ctx.symbol, 0) == 0
 
 
@@ -141,7 +141,7 @@ class MaxPositionsRule:
     limit: int
     reason: str = MAX_POSITIONS
 
-    def allows(self, ctx: EntryContext) -> bool:  # noqa: D102
+    def allows(self, ctx: EntryContext) -> bool:
         return ctx.open_positions < self.limit
 
 

@@ -50,4 +50,4 @@ class FixedFractionSizer(bt.Sizer):
         reserved = float(getattr(self.strategy, "reserved_cash", 0.0))
         return fixed_fraction_shares(self.broker.getvalue(), cash - reserved, data.close[0],
                                      self.p.risk_fraction, self.p.stop_loss, self.p.slippage,
-                                     commission=lambda n, px: comminfo.getcommission(n, px))
+                                     commission=comminfo.getcommission)

@@ -62,7 +62,7 @@ def test_gzip_csv_and_parquet_are_read(tmp_path: Path) -> None:
     ],
 )
 def test_malformed_row_is_reported_with_file_row_and_field(tmp_path: Path, row: str, message: str) -> None:
-    rows = good_rows(2) + [row]
+    rows = [*good_rows(2), row]
     path = write(tmp_path / "BAD_1min.csv", rows)
     with pytest.raises(BarDataError, match=message) as info:
         load_bars(path, "1min")
@@ -72,7 +72,7 @@ def test_malformed_row_is_reported_with_file_row_and_field(tmp_path: Path, row: 
 def test_missing_column_is_named(tmp_path: Path) -> None:
     path = tmp_path / "X_1min.csv"
     path.write_text("datetime,open,high,low,close\n2024-01-03T09:30:00-05:00,1,1,1,1\n")
-    with pytest.raises(BarDataError, match="missing column.*volume"):
+    with pytest.raises(BarDataError, match=r"missing column.*volume"):
         load_bars(path, "1min")
 
 
@@ -80,7 +80,7 @@ def test_bar_size_must_match_the_config(tmp_path: Path) -> None:
     t0 = pd.Timestamp("2024-01-03T09:30:00-05:00")
     rows = [f"{(t0 + pd.Timedelta(minutes=5 * i)).isoformat()},10,10.5,9.5,10.2,100" for i in range(5)]
     path = write(tmp_path / "X_5min.csv", rows)
-    with pytest.raises(BarDataError, match="5 minutes apart.*says 1 minutes"):
+    with pytest.raises(BarDataError, match=r"5 minutes apart.*says 1 minutes"):
         load_bars(path, "1min")
     assert len(load_bars(path, "5min")["X"]) == 5
 

@@ -55,7 +55,8 @@ def test_gap_through_stop_fills_at_open_with_slippage_floored_at_low() -> None:
     set_bar(bars, 2, 98.0, 98.2, 97.5, 98.0)
     out = triple_barrier_labels(bars, params(slippage_bps=10.0), no_commission).iloc[0]
     entry = 100.0 * 1.001  # next open plus 10 bp; the flat bar's high caps it at 100
-    assert out.entry_price == pytest.approx(100.0) and entry > 100.0
+    assert entry > 100.0
+    assert out.entry_price == pytest.approx(100.0)
     assert out.exit_reason == "STOP"
     assert out.exit_price == pytest.approx(98.0 * 0.999)
 
@@ -110,7 +111,8 @@ def test_half_day_close_is_the_barrier() -> None:
     idx = pd.date_range("2024-11-29 14:30", periods=210, freq="1min", tz="UTC", name="datetime")
     bars = pd.DataFrame({"open": 50.0, "high": 50.0, "low": 50.0, "close": 50.0, "volume": 1.0}, index=idx)
     out = triple_barrier_labels(bars, params(max_hold_bars=200), no_commission)
-    assert out.iloc[194].eligible and not out.iloc[195].eligible
+    assert out.iloc[194].eligible
+    assert not out.iloc[195].eligible
     assert out.iloc[194].exit_reason == "EOD"
     assert out.iloc[194].exit_time == idx[205]
 
