@@ -126,8 +126,7 @@ def accountValue(key: str, value: str, currency: str, account: str) -> list[Fiel
     return [6, 2, key, value, currency, account]
 
 
-def portfolioValue(  # noqa: PLR0917  (arguments in TWS wire order)
-        contract: StockContract, qty: float, marketPrice: float, marketValue: float,
+def portfolioValue(contract: StockContract, qty: float, marketPrice: float, marketValue: float,
                    avgCost: float, unrealizedPNL: float, realizedPNL: float, account: str) -> list[Field]:
     """Build ``7`` portfolioValue (20 fields)."""
     return [7, 8, contract.conId, contract.symbol, "STK", "", 0.0, "", "", contract.primaryExchange,
@@ -247,8 +246,7 @@ def openOrder(o: OrderFields, c: StockContract, status: str) -> list[Field]:
     return head + middle + tail
 
 
-def orderStatus(  # noqa: PLR0917  (arguments in TWS wire order)
-        orderId: int, status: str, filled: float, remaining: float, avgFillPrice: float,
+def orderStatus(orderId: int, status: str, filled: float, remaining: float, avgFillPrice: float,
                 permId: int, parentId: int, lastFillPrice: float, clientId: int) -> list[Field]:
     """Build ``3`` orderStatus (no version field)."""
     return [3, orderId, status, filled, remaining, avgFillPrice, permId, parentId, lastFillPrice,

@@ -649,7 +649,8 @@ class Gateway:
             if pending.task is not None:
                 pending.task.cancel()
         self.pendingHist.clear()
-        logger.warning("dropped %d client connection(s)", len(sessions))
+        if sessions:
+            logger.warning("dropped %d client connection(s)", len(sessions))
         return len(sessions)
 
     def goDown(self) -> None:

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# ibsim compatibility run with the archived ib_insync client (0.9.86): connect + bars + market order.
+# ib_insync and ib_async cannot share a virtual environment (both ship an `eventkit` package), so this
+# builds its own venv with ib_insync plus what ibsim needs, pinned like requirements.txt, and runs
+# tests/compat/ib_insync_smoke.py against `python -m ibsim`. Safe to re-run; the venv is reused while the
+# pins are unchanged.
+#
+#   bash .ci/ib_insync_compat.sh        (env: PYTHON=python3, IB_INSYNC_VENV=.venv-ib_insync)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${IB_INSYNC_VENV:-.venv-ib_insync}
+
+pin() {  # the pinned requirement line for one package, from requirements.txt
+    grep -iE "^$1==" requirements.txt || { echo "error: $1 is not pinned in requirements.txt" >&2; exit 2; }
+}
+REQS=("ib_insync==0.9.86" "$(pin pandas)" "$(pin numpy)" "$(pin pyarrow)" "$(pin exchange_calendars)" "$(pin pydantic)")
+
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+stamp="$VENV/.requirements"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "${REQS[*]}" ]; then
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${REQS[@]}"
+    echo "${REQS[*]}" > "$stamp"
+fi
+if "$VENV/bin/python" -c "import ib_async" 2>/dev/null; then
+    echo "error: $VENV has ib_async installed; ib_insync needs a venv of its own" >&2
+    exit 2
+fi
+
+exec "$VENV/bin/python" tests/compat/ib_insync_smoke.py
