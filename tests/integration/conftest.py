@@ -24,8 +24,6 @@ NY = ZoneInfo("America/New_York")
 SIM_START = datetime(2024, 1, 4, 10, 0, tzinfo=NY)  # a Thursday, two sessions of history behind it
 SIM_DAYS = ("2024-01-02", "2024-01-03", "2024-01-04", "2024-01-05")
 
-collect_ignore_glob = ["../compat/*"]
-
 
 def make_bars(symbol: str, seed: int, start_price: float, extended: bool = False) -> pd.DataFrame:
     """Build deterministic 1-minute bars (RTH, or 08:00–17:00 when ``extended``) for SIM_DAYS."""
