@@ -446,15 +446,13 @@ class Broker:
             order.lastSeen = tick.price
 
     def _processSymbol(self, series: BarSeries, symbol: str, nowNs: int) -> None:
-        orders = self.working(symbol)
-        start = min(o.examFromNs for o in orders)
-        for o in orders:
-            if o.lastSeen is None:
-                prior = series.lastTick(o.examFromNs - 1)
-                o.lastSeen = None if prior is None else prior.price
+        # every order that may work during this pass (bracket children activate on the way), by arrival
+        live = sorted((o for o in self.orders.values() if o.symbol == symbol and o.status in WORKING),
+                      key=lambda o: o.permId)
+        start = min(o.examFromNs for o in live if o.status == "Submitted")
         for tick in series.ticksBetween(start - 1, nowNs):
-            for order in self.working(symbol):
-                if tick.timeNs < order.examFromNs:
+            for order in live:
+                if order.status != "Submitted" or tick.timeNs < order.examFromNs:
                     continue
                 if order.lastSeen is None:
                     prior = series.lastTick(order.examFromNs - 1)
@@ -462,8 +460,9 @@ class Broker:
                 if order.outsideRth or series.isRth(tick):
                     self._examine(order, tick)
                 order.lastSeen = tick.price
-        for order in self.working(symbol):
-            order.examFromNs = max(order.examFromNs, nowNs + 1)
+        for order in live:
+            if order.status == "Submitted":
+                order.examFromNs = max(order.examFromNs, nowNs + 1)
 
     def _examine(self, order: SimOrder, tick: Tick) -> None:
         price = self._triggerPrice(order, tick)

@@ -148,8 +148,8 @@ class Gateway:
 
     def __init__(self, market: Market, clock: SimClock, config: SimConfig | None = None) -> None:
         self.config = config or SimConfig()
-        if self.config.serverVersion < 157:
-            raise ValueError("server version must be at least 157 (the clients' minimum)")
+        if self.config.serverVersion != msg.SERVER_VERSION:
+            raise ValueError(f"ibsim implements the server version {msg.SERVER_VERSION} message layouts only")
         self.market = market
         self.clock = clock
         self.broker = Broker(market, self.config.account, self.config.initialCash, CommissionSchedule(),

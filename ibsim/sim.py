@@ -7,6 +7,7 @@ import logging
 import threading
 from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import Future
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -210,8 +211,6 @@ class IBSim:
 
     def setPacing(self, enabled: bool) -> None:
         """Turn historical-data pacing on or off (history of requests is kept)."""
-        from dataclasses import replace  # noqa: PLC0415  (tiny helper, used only here)
-
         guard = self.gateway.pacing
         self._call(lambda: setattr(guard, "rules", replace(guard.rules, enabled=enabled)))
 
