@@ -97,7 +97,7 @@ def benchmark_series(cfg: AppConfig, frames: dict) -> tuple[str, Any]:
 def run(cfg: AppConfig, args: argparse.Namespace) -> dict[str, Any]:
     """Train/load, backtest out of sample, write the reports; return the summary."""
     from analyzers.performance import Progress  # noqa: PLC0415
-    from analyzers.report import format_summary, write_reports  # noqa: PLC0415
+    from analyzers.report import format_summary, write_reports, write_summary  # noqa: PLC0415
     from ml.train import split_sessions  # noqa: PLC0415
     from strategies.engine import build_cerebro, run_cerebro  # noqa: PLC0415
     from strategies.ml_strategy import strategy_params  # noqa: PLC0415
@@ -127,11 +127,12 @@ def run(cfg: AppConfig, args: argparse.Namespace) -> dict[str, Any]:
              "first_day": str(first.tz_convert("America/New_York").date()),
              "last_day": str(last.tz_convert("America/New_York").date()),
              "model": str(cfg.model.path), "model_cv_auc": bundle.metadata.get("cv", {}).get("mean_auc"),
-             "out_of_sample": True, "runtime_seconds": None}
+             "out_of_sample": True}
     summary = write_reports(run_dir, result, starting_cash=cfg.backtest.starting_cash, benchmark_close=bench_close,
                             benchmark_name=bench_name, data_label=universe.label, synthetic=universe.synthetic,
                             model_metadata=bundle.metadata, extra=extra, tearsheet=cfg.backtest.tearsheet)
     summary["runtime_seconds"] = round(time.monotonic() - started, 1)
+    write_summary(run_dir, summary)
     print(format_summary(summary))
     print(f"Reports: {run_dir}/")
     if "tearsheet" in summary:

@@ -125,7 +125,8 @@ def write_reports(
     extra: dict[str, Any],
     tearsheet: bool = True,
 ) -> dict[str, Any]:
-    """Write every report file of a run into ``run_dir`` and return the summary dict."""
+    """Write the trade, daily, model and tearsheet files of a run; return the summary (the caller adds
+    run-level facts and writes it with :func:`write_summary`)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     trades = result.trades
     atomic_write(run_dir / "trades.csv", lambda p: trades.to_csv(p, index=False, float_format="%.6f"))
@@ -154,8 +155,12 @@ def write_reports(
         write_tearsheet(run_dir / "tearsheet.html", returns, bench,
                         f"{tag}ML intraday strategy vs {benchmark_name} buy-and-hold")
         summary["tearsheet"] = str(run_dir / "tearsheet.html")
-    atomic_write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    """Write ``summary.json`` (atomically)."""
+    atomic_write_json(run_dir / "summary.json", summary)
 
 
 def format_summary(summary: dict[str, Any]) -> str:

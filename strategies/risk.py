@@ -94,7 +94,10 @@ class EntryContext:
 class EntryRule(Protocol):
     """A risk gate: ``allows(ctx)`` is False when the entry must be blocked for ``reason``."""
 
-    reason: str
+    @property
+    def reason(self) -> str:
+        """The reason code reported when this rule blocks."""
+        ...
 
     def allows(self, ctx: EntryContext) -> bool:
         """Return whether the entry may go ahead."""
