@@ -130,6 +130,41 @@ class BacktestConfig(_Frozen):
     tearsheet: bool = True
 
 
+class WebhookConfig(_Frozen):
+    """Optional daily-summary notification. The URL comes from an environment variable, never the file."""
+
+    kind: Literal["none", "slack", "telegram", "json"] = "none"
+    url_env: str = Field("TRADER_WEBHOOK_URL", description="environment variable holding the webhook URL")
+    telegram_chat_id_env: str = Field("TRADER_TELEGRAM_CHAT_ID", description="env var with the Telegram chat id")
+    timeout_seconds: float = Field(10.0, gt=0.0, le=120.0)
+
+
+class LiveConfig(_Frozen):
+    """Live (paper) trading against IB Gateway / TWS. Paper-safe defaults."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(4002, ge=1, le=65535, description="IB Gateway paper port 4002 (TWS paper 7497)")
+    client_id: int = Field(17, ge=0, le=2_000_000_000)
+    account: str | None = Field(None, description="account id; default: the only managed account")
+    allow_live: bool = Field(False, description="allow a non-paper account or a live port (4001/7496)")
+    dry_run: bool = Field(False, description="log every decision, send no orders")
+    strategy_id: str = Field("mlx", pattern=r"^[A-Za-z0-9]{1,8}$", description="prefix of every orderRef")
+    state_dir: str = "state"
+    log_dir: str = "logs"
+    kill_switch_file: str = Field("state/KILL", description="while this file exists, no new entries")
+    poll_offset_seconds: float = Field(2.0, ge=0.0, le=30.0, description="poll this long after a bar closes")
+    stale_after_bars: int = Field(3, ge=1, le=100, description="report stale data after this many missed bars")
+    request_timeout_seconds: float = Field(20.0, gt=0.0, le=300.0)
+    pacing_small_bars_only: bool = Field(
+        True, description="IB applies the 60-per-10-minutes rule to bars of 30 s or less only"
+    )
+    reconnect_initial_seconds: float = Field(1.0, gt=0.0, le=60.0)
+    reconnect_max_seconds: float = Field(60.0, gt=0.0, le=3600.0)
+    alert_after_seconds: float = Field(300.0, gt=0.0, description="alert when disconnected this long")
+    sim_speed: float = Field(60.0, gt=0.0, le=10_000.0, description="--sim clock speed (simulated s per s)")
+    webhook: WebhookConfig = WebhookConfig()
+
+
 class AppConfig(_Frozen):
     """The whole configuration tree."""
 
@@ -139,6 +174,7 @@ class AppConfig(_Frozen):
     risk: RiskConfig = RiskConfig()
     costs: CostConfig = CostConfig()
     backtest: BacktestConfig = BacktestConfig()
+    live: LiveConfig = LiveConfig()
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> AppConfig:
