@@ -24,7 +24,7 @@ def fixed_fraction_shares(
     capped at what ``cash`` buys at ``entry × (1 + cash_buffer)`` plus ``commission(shares, entry)`` (the
     buffer leaves room for the next bar's open moving against us). Never negative.
     """
-    if not (equity > 0 and price > 0 and cash > 0):
+    if not (equity > 0 and price > 0 and cash > 0 and stop_loss > 0):
         return 0
     entry = price * (1.0 + slippage)
     by_risk = math.floor(risk_fraction * equity / (entry * stop_loss))
