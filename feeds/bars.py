@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from analyzers.io import atomic_write, atomic_write_json
+from config.settings import bar_size_minutes
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +39,7 @@ class BarDataError(ValueError):
     """Bars are malformed; the message names the file, the row (1-based data row) and the field."""
 
 
-def bar_minutes_of(bar_size: str) -> int:
-    """Return minutes per bar for ``"1min"`` / ``"5min"``."""
-    return int(bar_size.removesuffix("min"))
+bar_minutes_of = bar_size_minutes  # "1min" -> 1, "5min" -> 5 (one definition, in config.settings)
 
 
 def symbol_from_path(path: Path) -> str:

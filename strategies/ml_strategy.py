@@ -25,6 +25,7 @@ from typing import Any
 import backtrader as bt
 import pandas as pd
 
+from config.settings import bar_size_minutes
 from ml.features import WARMUP_BARS
 from strategies import risk as rk
 from strategies.signal import MLSignal, SeriesSignal
@@ -63,7 +64,7 @@ def strategy_params(cfg: Any) -> dict[str, Any]:
     """Map an :class:`config.settings.AppConfig` onto ``MLStrategy`` parameters (model not included)."""
     s, r = cfg.strategy, cfg.risk
     return {
-        "bar_minutes": int(cfg.data.bar_size.removesuffix("min")),
+        "bar_minutes": bar_size_minutes(cfg.data.bar_size),
         "p_up_entry_threshold": s.p_up_entry_threshold,
         "stop_loss": s.stop_loss,
         "take_profit": s.take_profit,
@@ -89,6 +90,15 @@ class MLStrategy(bt.Strategy):
         the differential test); replaces the model.
     decision_sink
         Called with one dict per symbol per bar (time, symbol, p_up, decision, reason) when given.
+    entry_gate
+        Live only: ``entry_gate(symbol) -> reason | None``, asked before the risk rules; a reason (e.g.
+        ``KILL_SWITCH``, ``IB_DISCONNECTED``) blocks the entry like a rule does.
+    on_start, on_bar
+        Live only: called with the strategy at start (restore books and risk state after a restart) and
+        after every bar (persist them).
+
+    Bars of a live feed flagged ``historical`` (warm-up and backfill) feed the signal but get no decision;
+    they only run the cooldown clocks on for bars newer than ``last_bar_time`` (restored after a restart).
     """
 
     params = (
@@ -106,6 +116,9 @@ class MLStrategy(bt.Strategy):
         ("cooldown_bars_after_stop", 15),
         ("slippage", 0.0),
         ("decision_sink", None),
+        ("entry_gate", None),
+        ("on_start", None),
+        ("on_bar", None),
     )
 
     def __init__(self) -> None:
@@ -126,6 +139,14 @@ class MLStrategy(bt.Strategy):
         self._seen: dict[str, int] = {d._name: 0 for d in self.datas}
         self._last_equity = math.nan
         self._sink: Callable[[dict[str, Any]], None] | None = self.p.decision_sink
+        self._gate: Callable[[str], str | None] | None = self.p.entry_gate
+        self.last_bar_time: dict[str, float] = {}
+        self.restored_bars_held: dict[str, int] = {}
+
+    def start(self) -> None:
+        """Let a live run restore its books and risk state (``on_start``)."""
+        if self.p.on_start is not None:
+            self.p.on_start(self)
 
     # -- bar loop -------------------------------------------------------------------------------------
     def prenext(self) -> None:
@@ -137,6 +158,35 @@ class MLStrategy(bt.Strategy):
         fresh = [d for d in self.datas if len(d) and len(d) != self._seen[d._name]]
         if not fresh:
             return
+        if self.p.on_start is not None or self.p.on_bar is not None:
+            fresh = self._live_bars(fresh)
+        if fresh:
+            self._decide(fresh)
+        if self.p.on_bar is not None:
+            self.p.on_bar(self)
+
+    def _live_bars(self, fresh: list[bt.feed.DataBase]) -> list[bt.feed.DataBase]:
+        """Skip historical bars (running cooldowns on for bars after ``last_bar_time``); resolve restored books."""
+        live = []
+        for d in fresh:
+            name, now = d._name, d.datetime[0]
+            book = self.books[name]
+            if book.size > 0 and book.entry_bar == 0 and book.entry_time is not None \
+                    and now >= bt.date2num(book.entry_time.replace(tzinfo=None)) - 1e-9:
+                book.entry_bar = len(d)
+            if getattr(d, "historical", False):
+                self._seen[name] = len(d)
+                if now > self.last_bar_time.get(name, math.inf):
+                    self.risk.tick_cooldown(name)
+                    self.last_bar_time[name] = now
+                continue
+            if book.size > 0 and book.entry_bar == 0:  # entry bar older than the history: use the stored count
+                book.entry_bar = len(d) - self.restored_bars_held.get(name, 0)
+            self.last_bar_time[name] = now
+            live.append(d)
+        return live
+
+    def _decide(self, fresh: list[bt.feed.DataBase]) -> None:
         equity = self.broker.getvalue()
         session = max(int(d.session[0]) for d in fresh)
         start_equity = self._last_equity if math.isfinite(self._last_equity) else equity
@@ -180,7 +230,8 @@ class MLStrategy(bt.Strategy):
             decision = rk.NO_SIGNAL
         else:
             ctx = rk.EntryContext(name, d.mtc[0], equity, self._open_count(), self.risk)
-            reason = rk.first_block(self.rules, ctx) or self._enter(d, p_up)
+            gate = self._gate(name) if self._gate is not None else None
+            reason = gate or rk.first_block(self.rules, ctx) or self._enter(d, p_up)
             decision = rk.ENTER if reason is None else "BLOCKED"
             if reason is not None:
                 self.risk.blocked[reason] += 1
