@@ -58,7 +58,7 @@ _RETRY_SECONDS = 5.0  # re-poll this soon when the due bar was not in the answer
 
 # -- exchange sessions (numpy, cached) --------------------------------------------------------------------
 @lru_cache(maxsize=4)
-def _schedule(calendar: str) -> tuple[np.ndarray, np.ndarray]:
+def session_schedule(calendar: str) -> tuple[np.ndarray, np.ndarray]:
     """Return (session opens, session closes) of ``calendar`` as sorted UTC epoch-ns int64 arrays."""
     sched = xcals.get_calendar(calendar).schedule
     opens = pd.DatetimeIndex(sched["open"]).tz_convert("UTC").as_unit("ns").asi8
@@ -68,7 +68,7 @@ def _schedule(calendar: str) -> tuple[np.ndarray, np.ndarray]:
 
 def latest_closed_bar(now_ns: int, bar_ns: int, calendar: str = "XNYS") -> int | None:
     """Return the start (epoch ns) of the most recent RTH bar that has closed at ``now_ns``."""
-    opens, closes = _schedule(calendar)
+    opens, closes = session_schedule(calendar)
     i = int(np.searchsorted(opens, now_ns - bar_ns, side="right")) - 1
     while i >= 0:
         end_cap = min(now_ns, int(closes[i]))
@@ -81,7 +81,7 @@ def latest_closed_bar(now_ns: int, bar_ns: int, calendar: str = "XNYS") -> int |
 
 def next_bar_end(after_start_ns: int, bar_ns: int, calendar: str = "XNYS") -> int:
     """Return the end (epoch ns) of the first RTH bar that starts after ``after_start_ns``."""
-    opens, closes = _schedule(calendar)
+    opens, closes = session_schedule(calendar)
     start = after_start_ns + bar_ns
     i = int(np.searchsorted(opens, start, side="right")) - 1
     if i >= 0 and start + bar_ns <= closes[i]:
@@ -496,4 +496,4 @@ def seconds_until_due(trackers: Sequence[SymbolTracker], now: datetime) -> float
 
 
 __all__ = ["Bar", "BarPoller", "IBPollingFeed", "SymbolTracker", "latest_closed_bar", "next_bar_end",
-           "seconds_until_due"]
+           "seconds_until_due", "session_schedule"]
