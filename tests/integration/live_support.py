@@ -1,0 +1,141 @@
+"""Helpers for the live tests: a config in a temp folder, a stub model, and a driver that steps ibsim's clock
+one bar at a time while ``run_live``'s cerebro runs (each step waits until the engine has handled the bar,
+so every order reaches the simulator at the bar boundary: deterministic).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from config.settings import AppConfig, load_config
+from feeds.ib.live import LiveRun, build_live, state_path
+from feeds.ib.safety import KillSwitch
+from feeds.ib.session import IBSession
+from feeds.ib.state import StateStore
+from ibsim import IBSim
+from ml.features import FEATURE_NAMES
+from tests.kit import synthetic_frames
+
+logger = logging.getLogger(__name__)
+
+PAPER = Path(__file__).resolve().parents[2] / "config" / "paper.toml"
+SYMBOLS = ("SYNA", "SYNB", "SYNC")
+STARTING_CASH = 100_000.0
+
+
+class StubModel:
+    """A deterministic ``p_up`` from the features (mean reversion on the 5-bar return): no training needed."""
+
+    def __init__(self, scale: float = 900.0) -> None:
+        self.scale = scale
+        self._i = FEATURE_NAMES.index("ret_5")
+
+    def predict_p_up(self, X: np.ndarray) -> np.ndarray:
+        """Return p_up in (0, 1), high after a 5-bar drop."""
+        return 1.0 / (1.0 + np.exp(self.scale * np.asarray(X, dtype="float64")[:, self._i]))
+
+
+def frames(sessions: int = 5) -> dict[str, pd.DataFrame]:
+    """Return the demo universe's first sessions for :data:`SYMBOLS`."""
+    return synthetic_frames(SYMBOLS, sessions)
+
+
+def make_config(tmp: Path, *extra: str) -> AppConfig:
+    """Return config/paper.toml pointed at ``tmp`` with test settings (and ``extra`` overrides)."""
+    overrides = [
+        f"live.state_dir='{tmp / 'state'}'", f"live.log_dir='{tmp / 'logs'}'",
+        f"live.kill_switch_file='{tmp / 'state' / 'KILL'}'", "live.poll_offset_seconds=0.0",
+        "live.reconnect_initial_seconds=0.2", "live.reconnect_max_seconds=1.0", "live.client_id=5",
+        f"data.symbols={list(SYMBOLS)!r}", "costs.slippage_bps=0.0", "strategy.max_hold_bars=8",
+        "strategy.p_up_entry_threshold=0.7", "risk.max_concurrent_positions=2", "risk.cooldown_bars_after_stop=5",
+        *extra,
+    ]
+    return load_config(PAPER, overrides)
+
+
+@dataclass
+class LiveDriver:
+    """Run the live engine against ``sim`` in this thread while a stepper thread advances the sim clock."""
+
+    sim: IBSim
+    cfg: AppConfig
+    model: Any = field(default_factory=StubModel)
+    kill_switch: KillSwitch | None = None
+    session: IBSession = field(init=False)
+    state: StateStore = field(init=False)
+    run: LiveRun = field(init=False)
+    before_step: Callable[[int, LiveDriver], None] | None = None
+
+    def __post_init__(self) -> None:
+        live = self.cfg.live.model_copy(update={"host": self.sim.host, "port": self.sim.port})
+        self.cfg = self.cfg.model_copy(update={"live": live})
+        self.session = IBSession(self.cfg.live, clock=self.sim.now)
+        self.session.connect(timeout=5)
+        self.state = StateStore(state_path(self.cfg))
+        self.run = build_live(self.cfg, self.session, self.state, self.model,
+                              kill_switch=self.kill_switch or KillSwitch(self.cfg.live.kill_switch_file),
+                              clock=self.sim.now, qcheck=0.01)
+
+    @property
+    def strategy(self) -> Any:
+        return self.run.hooks._strategy
+
+    def _settled(self, bars: int) -> bool:
+        strat = self.strategy
+        if strat is None or self.run.hooks.live_bars < bars:
+            return False
+        feeds = strat.datas
+        if not all(d.tracker.warmed_up and not d.tracker.queue for d in feeds):
+            return False
+        return not self.run.broker._pending_exits and len(self.sim.orders()) >= len(self.run.broker.sent)
+
+    def _wait(self, bars: int, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._settled(bars):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"engine did not settle on live bar {bars}")
+            time.sleep(0.005)
+        time.sleep(0.02)  # let modifications and cancels reach the simulator
+
+    def play(self, bars: int) -> None:
+        """Step ``bars`` minutes, one bar at a time, then stop the engine (state persisted)."""
+        errors: list[BaseException] = []
+
+        def stepper() -> None:
+            try:
+                for i in range(bars):
+                    self._wait(i)
+                    if self.before_step is not None:
+                        self.before_step(i, self)
+                    self.sim.advance(seconds=60)
+                self._wait(bars)
+            except BaseException as exc:  # handed to the test thread
+                errors.append(exc)
+            finally:
+                self.run.cerebro.runstop()
+
+        thread = threading.Thread(target=stepper, daemon=True)
+        thread.start()
+        self.run.cerebro.run()
+        thread.join(30)
+        if errors:
+            raise errors[0]
+
+    def close(self) -> None:
+        self.session.disconnect()
+        self.state.close()
+
+
+def sim_start(day: str, hhmm: str) -> datetime:
+    """Return a New York time."""
+    return pd.Timestamp(f"{day} {hhmm}", tz="America/New_York").to_pydatetime()
