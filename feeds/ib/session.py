@@ -221,7 +221,7 @@ class IBSession:
         try:
             self._try_connect(None)
         except (TemporaryIBError, NeedsHumanError) as exc:
-            delay = self._backoff_delay(self.reconnect_attempts - 1)
+            delay = self._backoff_delay(self.reconnect_attempts)
             self.next_attempt_at = now + timedelta(seconds=delay)
             logger.warning("IB reconnect attempt %d failed (%s); next in %.1f s", self.reconnect_attempts, exc,
                            delay)
