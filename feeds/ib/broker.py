@@ -351,9 +351,9 @@ class IBBroker(bt.BrokerBase):
                 if rec.bt_order is not None:
                     self._set_status(rec.bt_order, bt.Order.Canceled)
             elif all(c.done for c in children):
-                self._pending_exits.remove(rec)
                 logger.info("%s: SELL %g MKT", rec.ref, rec.ib_order.totalQuantity)
                 self._place(rec)
+                self._pending_exits.remove(rec)
 
     def _children(self, ref: mp.OrderRef) -> list[_Rec]:
         return [r for r in (self.recs.get(str(ref.with_role(role))) for role in mp.PROTECTIVE) if r is not None]

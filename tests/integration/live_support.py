@@ -10,10 +10,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import backtrader as bt
 import numpy as np
 import pandas as pd
 
@@ -92,11 +93,17 @@ class LiveDriver:
 
     def _settled(self, bars: int) -> bool:
         strat = self.strategy
-        if strat is None or self.run.hooks.live_bars < bars:
+        if strat is None:
             return False
+        if self.session.entries_paused:
+            return True  # down: let simulated time pass so the session reconnects and bars accumulate
         feeds = strat.datas
         if not all(d.tracker.warmed_up and not d.tracker.queue for d in feeds):
             return False
+        if bars:
+            last_closed = bt.date2num((self.sim.now() - timedelta(minutes=1)).replace(tzinfo=None))
+            if self.run.hooks._last_live < last_closed - 1e-9:  # set after the bar's decisions
+                return False
         return not self.run.broker._pending_exits and len(self.sim.orders()) >= len(self.run.broker.sent)
 
     def _wait(self, bars: int, timeout: float = 20.0) -> None:
