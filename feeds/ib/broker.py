@@ -110,6 +110,7 @@ class IBBroker(bt.BrokerBase):
         self._trade_of: dict[str, str] = {}
         self._datas: dict[str, Any] = {}
         self._pending_exits: list[_Rec] = []
+        self._orphans: list[_Rec] = []  # children of a dead entry, cancelled from next()
         self._warned: set[str] = set()
         self._cash = self._value = math.nan
         self.sent: list[str] = []  # orderRefs sent in this process (tests, duplicate checks)
@@ -187,6 +188,8 @@ class IBBroker(bt.BrokerBase):
         """Send exits whose protective children are confirmed cancelled (called by cerebro every loop)."""
         if self._pending_exits:
             self._release_exits()
+        while self._orphans:
+            self._cancel_ib(self._orphans.pop())
 
     # -- orders from the strategy -----------------------------------------------------------------
     def buy(self, owner: Any, data: Any, size: float, price: float | None = None, plimit: float | None = None,
@@ -393,6 +396,8 @@ class IBBroker(bt.BrokerBase):
         rec.pending.clear()
 
     def _sync_status(self, rec: _Rec) -> None:
+        if rec.ref.role == mp.ENTRY and rec.status in {"Inactive", "Cancelled"} and rec.filled <= _EPS:
+            self._orphans.extend(c for c in self._children(rec.ref) if not c.done and not c.cancel_sent)
         order = rec.bt_order
         if order is None:
             return

@@ -1,0 +1,171 @@
+"""Faults during live trading against ibsim: each ends with our books equal to the simulator's, no orderRef
+sent twice and every execution recorded exactly once."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from feeds.ib import mapping as mp
+from ibsim import IBSim, SimConfig
+from tests.integration import live_support as ls
+
+DAY = "2024-01-08"
+Step = Callable[[int, ls.LiveDriver], None]
+
+
+def _assert_consistent(driver: ls.LiveDriver, sim: IBSim) -> None:
+    refs = [o.orderRef for o in sim.orders()]
+    assert len(refs) == len(set(refs)), Counter(refs).most_common(3)
+    assert all(mp.parse_order_ref(r, "mlx") for r in refs)
+    assert {e.execId for e in sim.fills()} == {f["exec_id"] for f in driver.state.fills()}
+    for d in driver.strategy.datas:
+        theirs = sim.positions().get(d._name)
+        assert driver.run.broker.getposition(d).size == (theirs.qty if theirs else 0.0), d._name
+        book = driver.strategy.books[d._name]
+        assert book.size == (theirs.qty if theirs else 0.0), d._name
+    # the persisted risk state is the strategy's
+    assert driver.state.get_value("risk") == driver.strategy.risk.to_dict()
+
+
+def _run(tmp_path: Path, step: Step, bars: int = 24, start: str = "14:40", *extra: str) -> tuple[Any, IBSim]:
+    sim = IBSim(ls.frames(5), start=ls.sim_start(DAY, start), config=SimConfig(initialCash=ls.STARTING_CASH))
+    sim.start()
+    driver = ls.LiveDriver(sim, ls.make_config(tmp_path, *extra))
+    driver.before_step = step
+    driver.play(bars)
+    return driver, sim
+
+
+def _open_symbol(driver: ls.LiveDriver) -> str | None:
+    for d in driver.strategy.datas:
+        if driver.strategy.books[d._name].size > 0 and driver.strategy.books[d._name].stop is not None:
+            return d._name
+    return None
+
+
+def _once_with_position(action: Callable[[ls.LiveDriver, str], None]) -> tuple[Step, dict[str, Any]]:
+    done: dict[str, Any] = {}
+
+    def step(i: int, driver: ls.LiveDriver) -> None:
+        sym = _open_symbol(driver)
+        if not done and sym is not None:
+            done["symbol"], done["step"] = sym, i
+            action(driver, sym)
+
+    return step, done
+
+
+def test_socket_drop_with_a_position_open_reconnects_and_keeps_the_books(tmp_path: Path) -> None:
+    step, done = _once_with_position(lambda d, s: d.sim.dropConnections())
+    driver, sim = _run(tmp_path, step)
+    assert done
+    assert driver.session.reconnects >= 1
+    _assert_consistent(driver, sim)
+    driver.close()
+    sim.stop()
+
+
+def test_gateway_restart_down_for_a_while(tmp_path: Path) -> None:
+    step, done = _once_with_position(lambda d, s: d.sim.restart(downSeconds=1.0, wait=True))
+    driver, sim = _run(tmp_path, step)
+    assert done
+    assert driver.session.reconnects >= 1
+    _assert_consistent(driver, sim)
+    driver.close()
+    sim.stop()
+
+
+def test_fill_while_disconnected_is_applied_after_the_reconnect(tmp_path: Path) -> None:
+    def crash_price(driver: ls.LiveDriver, sym: str) -> None:
+        future = driver.sim.restart(downSeconds=1.0, wait=False)
+        book = driver.strategy.books[sym]
+        driver.sim.setPrice(sym, round(book.entry_price * 0.98, 2))  # through the stop while we are away
+        future.result(10)
+
+    step, done = _once_with_position(crash_price)
+    driver, sim = _run(tmp_path, step)
+    sym = done["symbol"]
+    stops = [t for t in driver.state.trades(DAY) if t["symbol"] == sym and t["exit_reason"] == "STOP"]
+    assert stops, driver.state.trades(DAY)
+    assert any(f["order_ref"].endswith(":stop") for f in driver.state.fills() if f["symbol"] == sym)
+    _assert_consistent(driver, sim)
+    driver.close()
+    sim.stop()
+
+
+def test_1100_then_1102_pauses_entries_and_resyncs(tmp_path: Path) -> None:
+    seen: dict[str, Any] = {}
+
+    def step(i: int, driver: ls.LiveDriver) -> None:
+        if i == 5:
+            driver.sim.loseConnectivity()
+            seen["paused"] = True
+        elif i == 7:
+            seen["paused_seen"] = driver.session.entries_paused
+        elif i == 8:
+            driver.sim.restoreConnectivity()
+
+    driver, sim = _run(tmp_path, step)
+    assert seen["paused"]
+    assert seen["paused_seen"]
+    assert not driver.session.entries_paused
+    _assert_consistent(driver, sim)
+    driver.close()
+    sim.stop()
+
+
+def test_rejected_order_is_an_order_event_and_trading_goes_on(tmp_path: Path) -> None:
+    def step(i: int, driver: ls.LiveDriver) -> None:
+        if i == 0:
+            for sym in ls.SYMBOLS:
+                driver.sim.rejectNextOrder(sym, "simulated margin check")
+
+    driver, sim = _run(tmp_path, step, 30)
+    rejected = [o for o in sim.orders() if o.status == "Inactive"]
+    assert rejected
+    assert all(o.orderRef.endswith(":entry") for o in rejected)
+    for o in rejected:
+        assert driver.state.order(o.orderRef)["status"] == "Inactive"
+        children = [c for c in sim.orders() if c.parentId == o.orderId]
+        assert all(c.status == "Cancelled" for c in children)  # no orphan left working at IB
+    assert any(o.status == "Filled" and o.orderRef.endswith(":entry") for o in sim.orders())
+    _assert_consistent(driver, sim)
+    driver.close()
+    sim.stop()
+
+
+@pytest.mark.parametrize("kind", ["json", "slack"])
+def test_webhook_posts_the_summary_to_a_local_http_server(kind: str) -> None:
+    import json  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+    from http.server import BaseHTTPRequestHandler, HTTPServer  # noqa: PLC0415
+
+    from analyzers.notify import post_message  # noqa: PLC0415
+    from config.settings import WebhookConfig  # noqa: PLC0415
+
+    received: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_port}/hook"
+    ok = post_message(WebhookConfig(kind=kind), "Daily summary", {"trades": 3}, env={"TRADER_WEBHOOK_URL": url})
+    server.shutdown()
+    assert ok
+    assert received[0]["text"] == "Daily summary"
+    assert (received[0].get("trades") == 3) == (kind == "json")
+    assert not post_message(WebhookConfig(kind=kind), "x", env={"TRADER_WEBHOOK_URL": "http://127.0.0.1:9/x"})
