@@ -601,7 +601,8 @@ class IBBroker(bt.BrokerBase):
             extra["lmtPrice"] = row["price"]
         elif row["order_type"] == "STP":
             extra["auxPrice"] = row["price"]
-        ib_order = Order(orderId=int(row["ib_order_id"] or 0), orderRef=row["order_ref"], action=row["action"],
+        ib_order = Order(orderId=int(row["ib_order_id"] or 0), clientId=self.ib.client.clientId,
+                         orderRef=row["order_ref"], action=row["action"],
                          totalQuantity=float(row["quantity"]), orderType=row["order_type"], tif="DAY",
                          account=self.session.account, **extra)
         rec = _Rec(ref, data, ib_order, status=row["status"])

@@ -53,7 +53,12 @@ def frames(sessions: int = 5) -> dict[str, pd.DataFrame]:
 
 def make_config(tmp: Path, *extra: str) -> AppConfig:
     """Return config/paper.toml pointed at ``tmp`` with test settings (and ``extra`` overrides)."""
-    overrides = [
+    return load_config(PAPER, live_overrides(tmp, *extra))
+
+
+def live_overrides(tmp: Path, *extra: str) -> list[str]:
+    """Return the ``--set`` overrides of the live tests (temp folders, zero poll offset, short holds)."""
+    return [
         f"live.state_dir='{tmp / 'state'}'", f"live.log_dir='{tmp / 'logs'}'",
         f"live.kill_switch_file='{tmp / 'state' / 'KILL'}'", "live.poll_offset_seconds=0.0",
         "live.reconnect_initial_seconds=0.2", "live.reconnect_max_seconds=1.0", "live.client_id=5",
@@ -61,7 +66,6 @@ def make_config(tmp: Path, *extra: str) -> AppConfig:
         "strategy.p_up_entry_threshold=0.7", "risk.max_concurrent_positions=2", "risk.cooldown_bars_after_stop=5",
         *extra,
     ]
-    return load_config(PAPER, overrides)
 
 
 @dataclass
