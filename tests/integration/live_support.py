@@ -80,6 +80,7 @@ class LiveDriver:
     state: StateStore = field(init=False)
     run: LiveRun = field(init=False)
     before_step: Callable[[int, LiveDriver], None] | None = None
+    stop_requested: bool = False
 
     def __post_init__(self) -> None:
         live = self.cfg.live.model_copy(update={"host": self.sim.host, "port": self.sim.port})
@@ -128,6 +129,8 @@ class LiveDriver:
                     self._wait(i)
                     if self.before_step is not None:
                         self.before_step(i, self)
+                    if self.stop_requested:
+                        return
                     self.sim.advance(seconds=60)
                 self._wait(bars)
             except BaseException as exc:  # handed to the test thread
