@@ -113,7 +113,7 @@ class LiveHooks:
             self.write_summary(exchange_day(t))
         if (self.max_bars is not None and self.live_bars >= self.max_bars) or (
                 self.until is not None and t >= self.until.replace(tzinfo=None)):
-            logger.info("bounded run: stopping after %d live bars (last %s)", self.live_bars, t)
+            logger.info("bounded run: stopping after %d live bars (last bar %s UTC)", self.live_bars, t)
             strategy.env.runstop()
 
     def write_summary(self, day: str | None = None) -> dict[str, Any] | None:
