@@ -280,7 +280,8 @@ class IBBroker(bt.BrokerBase):
 
     def _persist(self, rec: _Rec) -> None:
         o = rec.ib_order
-        price = o.lmtPrice if o.orderType == "LMT" else o.auxPrice if o.orderType == "STP" else None
+        raw = o.lmtPrice if o.orderType == "LMT" else o.auxPrice if o.orderType == "STP" else None
+        price = None if raw is None else float(raw)
         self.state.put_order(str(rec.ref), symbol=rec.ref.symbol, trade_id=rec.ref.trade_id, role=rec.ref.role,
                              action=o.action, quantity=o.totalQuantity, order_type=o.orderType, price=price,
                              status=rec.status, ib_order_id=o.orderId)
@@ -404,7 +405,8 @@ class IBBroker(bt.BrokerBase):
         target = mp.IB_TO_BT_STATUS.get(rec.status)
         if target == bt.Order.Accepted and order.status == bt.Order.Submitted:
             self._set_status(order, bt.Order.Accepted)
-        elif target in {bt.Order.Canceled, bt.Order.Rejected} and order.alive() and rec.filled <= _EPS:
+        elif target is not None and target in {bt.Order.Canceled, bt.Order.Rejected} and order.alive() \
+                and rec.filled <= _EPS:
             self._set_status(order, target)
 
     def _set_status(self, order: bt.Order, status: int) -> None:

@@ -165,8 +165,9 @@ def build_live(cfg: AppConfig, session: IBSession, state: StateStore, model: Any
     for sym in symbols or list(cfg.data.symbols):
         cerebro.adddata(IBPollingFeed(session=session, symbol=sym, bar_minutes=bar_minutes, budget=budget,
                                       clock=clock, exchange=cfg.data.calendar, qcheck=qcheck), name=sym)
-    broker = IBBroker(session=session, state=state, strategy_id=cfg.live.strategy_id, dry_run=cfg.live.dry_run,
-                      stop_loss=cfg.strategy.stop_loss, take_profit=cfg.strategy.take_profit)
+    broker = IBBroker(  # type: ignore[call-arg]  # backtrader params are declared through a metaclass
+        session=session, state=state, strategy_id=cfg.live.strategy_id, dry_run=cfg.live.dry_run,
+        stop_loss=cfg.strategy.stop_loss, take_profit=cfg.strategy.take_profit)
     broker.addcommissioninfo(IBKRCommission(fn=commission_function(cfg.costs.commission,
                                                                    cfg.costs.tiered_monthly_shares)))
     cerebro.setbroker(broker)

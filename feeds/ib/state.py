@@ -146,7 +146,7 @@ class StateStore:
 
     def orders(self, symbol: str | None = None, trade_id: str | None = None) -> list[dict[str, Any]]:
         """Return order rows (optionally of one symbol / trade), oldest first."""
-        sql, args = "SELECT * FROM orders WHERE 1=1", []
+        sql, args = "SELECT * FROM orders WHERE 1=1", list[str]()
         if symbol is not None:
             sql, args = sql + " AND symbol = ?", [*args, symbol]
         if trade_id is not None:
