@@ -41,6 +41,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--model", default=None, help="model bundle directory (default: model.path)")
     ap.add_argument("--retrain", action="store_true", help="train a new model even if one exists")
     ap.add_argument("--no-tearsheet", action="store_true", help="skip the quantstats HTML tearsheet")
+    ap.add_argument("--plot", action="store_true",
+                    help="record the risk observers and save backtrader's chart as chart.png (slower)")
     ap.add_argument("--run-id", default=None, help="report folder name (default: a timestamp)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
     return ap.parse_args(argv)
@@ -84,6 +86,17 @@ def obtain_model(cfg: AppConfig, train_frames: dict, data_label: str, run_dir: P
     return bundle
 
 
+def save_chart(cerebro: Any, path: Path) -> None:
+    """Save backtrader's chart (prices, p_up, risk observers) headless."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    figures = cerebro.plot(iplot=False, style="line", volume=False, numfigs=1)
+    figures[0][0].set_size_inches(16, 3 + 2 * len(cerebro.datas))
+    figures[0][0].savefig(path, dpi=90)
+    print(f"Chart: {path}")
+
+
 def benchmark_series(cfg: AppConfig, frames: dict) -> tuple[str, Any]:
     """Return (name, daily close) of the benchmark: the configured symbol or the first symbol."""
     from analyzers.report import daily_close  # noqa: PLC0415
@@ -116,10 +129,13 @@ def run(cfg: AppConfig, args: argparse.Namespace) -> dict[str, Any]:
     kwargs = {**strategy_params(cfg), "model": bundle}
     cerebro = build_cerebro(test_frames, kwargs, starting_cash=cfg.backtest.starting_cash,
                             commission=cfg.costs.commission, tiered_monthly_shares=cfg.costs.tiered_monthly_shares,
-                            risk_per_trade_fraction=cfg.risk.risk_per_trade_fraction, calendar=cfg.data.calendar)
+                            risk_per_trade_fraction=cfg.risk.risk_per_trade_fraction, calendar=cfg.data.calendar,
+                            observers=args.plot)
     if not args.quiet:
         cerebro.addanalyzer(Progress, total=max(len(f) for f in test_frames.values()), desc="backtest")
     result = run_cerebro(cerebro)
+    if args.plot:
+        save_chart(cerebro, run_dir / "chart.png")
     bench_name, bench_close = benchmark_series(cfg, test_frames)
     first = min(f.index[0] for f in test_frames.values())
     last = max(f.index[-1] for f in test_frames.values())

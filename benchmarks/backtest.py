@@ -8,7 +8,8 @@ In one run, on the same bars, it measures and prints:
 
 1. bars per second of the full strategy (``strategies.engine.build_cerebro`` exactly as ``run_backtest.py``
    wires it: ``BarFrameFeed``, ``MLStrategy`` with an ``MLSignal`` on a real trained ``ModelBundle``, the risk
-   gates, OCO brackets, the risk observers and the ``DailyEquity`` analyzer) and of a baseline (backtrader's
+   gates, OCO brackets and the ``DailyEquity`` analyzer; the risk observers only feed ``--plot`` charts and
+   are off, as in ``run_backtest.py``) and of a baseline (backtrader's
    stock ``bt.feeds.PandasData`` with an empty ``bt.Strategy``, ``stdstats=False, runonce=True,
    preload=True``), and the ratio full / baseline, for 1 symbol and for 10 symbols;
 2. the seconds of the full strategy on 20 symbols;
@@ -42,8 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
-from benchmarks.proposed import VARIANTS
 
 logger = logging.getLogger("benchmarks.backtest")
 
@@ -84,7 +83,6 @@ class Job:
     repeat: int = 1
     synthetic: dict[str, Any] | None = None  # SyntheticConfig fields for the training benchmark
     threads: int | None = None  # native thread-pool limit (OpenMP/BLAS) in the child; None = library default
-    variant: str | None = None  # a prototype from benchmarks.proposed (full runs only)
 
 
 # ------------------------------------------------------------------------------------------ measured code
@@ -115,21 +113,19 @@ def _baseline_once(naive_frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu}
 
 
-def _full_once(frames: dict[str, pd.DataFrame], cfg: Any, bundle: Any, variant: str | None = None) -> dict[str, Any]:
+def _full_once(frames: dict[str, pd.DataFrame], cfg: Any, bundle: Any) -> dict[str, Any]:
     """``build_cerebro`` + ``run_cerebro`` as ``run_backtest.py`` wires them; return seconds and outcome."""
-    from benchmarks.proposed import applied  # noqa: PLC0415
     from strategies import engine  # noqa: PLC0415
     from strategies.ml_strategy import strategy_params  # noqa: PLC0415
 
-    with applied(variant) as extra:
-        cpu, started = time.process_time(), time.perf_counter()
-        cerebro = engine.build_cerebro(frames, {**strategy_params(cfg), "model": bundle},
-                                       starting_cash=cfg.backtest.starting_cash, commission=cfg.costs.commission,
-                                       tiered_monthly_shares=cfg.costs.tiered_monthly_shares,
-                                       risk_per_trade_fraction=cfg.risk.risk_per_trade_fraction,
-                                       calendar=cfg.data.calendar, **extra)
-        result = engine.run_cerebro(cerebro)
-        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    cpu, started = time.process_time(), time.perf_counter()
+    cerebro = engine.build_cerebro(frames, {**strategy_params(cfg), "model": bundle},
+                                   starting_cash=cfg.backtest.starting_cash, commission=cfg.costs.commission,
+                                   tiered_monthly_shares=cfg.costs.tiered_monthly_shares,
+                                   risk_per_trade_fraction=cfg.risk.risk_per_trade_fraction,
+                                   calendar=cfg.data.calendar, observers=False)
+    result = engine.run_cerebro(cerebro)
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     blocked = int(result.blocked["count"].sum()) if len(result.blocked) else 0
     final = float(result.daily_equity.iloc[-1]) if len(result.daily_equity) else math.nan
     return {"seconds": seconds, "cpu_seconds": cpu, "trades": len(result.trades), "blocked": blocked,
@@ -225,7 +221,7 @@ def run_job(job: Job) -> dict[str, Any]:
             cfg = load_config(job.config, job.overrides)
             bundle = ModelBundle.load(job.model_dir)
             out["rss_before_mb"] = _rss_mb()
-            out.update(_best(lambda: _full_once(frames, cfg, bundle, job.variant), job.repeat))
+            out.update(_best(lambda: _full_once(frames, cfg, bundle), job.repeat))
     out["peak_rss_mb"] = _maxrss_mb()
     out["loadavg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     out["bars_per_second"] = out["bars"] / out["seconds"] if job.kind != "train" else None
@@ -240,7 +236,7 @@ def run_in_fresh_process(job: Job) -> dict[str, Any]:
         out = pool.submit(run_job, job).result()
     logger.info("%s: %.2f s measured (%.1f s with process start and data loading)", job.label, out["seconds"],
                 time.perf_counter() - started)
-    return {"label": job.label, "kind": job.kind, "variant": job.variant, **out}
+    return {"label": job.label, "kind": job.kind, **out}
 
 
 # -------------------------------------------------------------------------------------------------- setup
@@ -262,8 +258,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=None,
                     help="limit native thread pools (OpenMP: HGB fit/predict) in every measurement; "
                          "default: the libraries' own (all cores)")
-    ap.add_argument("--variants", action="store_true",
-                    help="also time the prototypes of benchmarks/proposed.py on the 1-symbol set")
     ap.add_argument("--skip-train", action="store_true", help="skip the ~1M-sample training benchmark")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="afterwards, cProfile the 1-symbol full run and print the top N functions")
@@ -355,21 +349,6 @@ def _verdict(ok: bool) -> str:
     return "ok" if ok else "MISSED"
 
 
-def _variant_lines(runs: list[dict[str, Any]]) -> list[str]:
-    """Say whether each prototype reproduced the shipped run's outcome (trades, final equity)."""
-    plain = {r["symbols"]: r for r in runs if r["kind"] == "full" and not r.get("variant")}
-    out = []
-    for r in runs:
-        base = plain.get(r["symbols"])
-        if r.get("variant") and base:
-            same = r["trades"] == base["trades"] and (
-                r["final_equity"] == base["final_equity"]
-                or (math.isnan(r["final_equity"]) and math.isnan(base["final_equity"])))
-            out.append(f"{r['variant']}: {base['seconds'] / r['seconds']:.2f}x the shipped full strategy; "
-                       f"same trades and final equity: {'yes' if same else 'NO'}")
-    return out
-
-
 def format_report(res: dict[str, Any]) -> str:
     """Return the human-readable table of a benchmark result."""
     lines = [f"Data: {res['data']}",
@@ -382,7 +361,6 @@ def format_report(res: dict[str, Any]) -> str:
     lines += [_fmt_row(r) for r in res["runs"]]
     lines.append("(seconds: wall clock, build Cerebro + run + collect results; bars/s = all symbols' bars / "
                  "seconds; peak MB: ru_maxrss of the measuring process; CPU s: process time, all threads)")
-    lines += _variant_lines(res["runs"])
     lines.append("")
     for name, ratio in res["ratios"].items():
         lines.append(f"ratio full / baseline, {name:<11} {ratio:6.2f}x   target >= {TARGET_RATIO}x  "
@@ -462,8 +440,6 @@ def _backtest_jobs(tmp: Path, frames: dict[str, pd.DataFrame], sizes: Sizes, arg
         pd.to_pickle(_subset(frames, n), path)
         jobs.append(Job("baseline", f"baseline PandasData+empty, {n} sym", str(path), **common))
         jobs.append(Job("full", f"full strategy, {n} sym", str(path), **common))
-        if args.variants:
-            jobs += [Job("full", f"  proposed: {v}, {n} sym", str(path), variant=v, **common) for v in VARIANTS]
     big = min(sizes.big, len(frames))
     if big not in counts:
         path = tmp / f"frames_{big}.pkl"
@@ -486,12 +462,12 @@ def _train_job_spec(tmp: Path, frames: dict[str, pd.DataFrame], sizes: Sizes, ar
 def _summarise(
     runs: list[dict[str, Any]],
 ) -> tuple[dict[str, float], dict[str, float], dict[str, Any] | None]:
-    by = {(r["kind"], r["symbols"]): r for r in runs if not r.get("variant")}
+    by = {(r["kind"], r["symbols"]): r for r in runs}
     pairs = {f"{n} symbol{'s' if n > 1 else ''}": (by[("full", n)], by[("baseline", n)])
              for kind, n in by if kind == "baseline" and ("full", n) in by}
     ratios = {k: b["seconds"] / f["seconds"] for k, (f, b) in pairs.items()}  # same bars: bars/s ratio
     cpu_ratios = {k: b["cpu_seconds"] / f["cpu_seconds"] for k, (f, b) in pairs.items()}
-    fulls = [r for r in runs if r["kind"] == "full" and not r.get("variant")]
+    fulls = [r for r in runs if r["kind"] == "full"]
     big = max(fulls, key=lambda r: r["symbols"]) if fulls else None
     return ratios, cpu_ratios, big
 

@@ -155,7 +155,8 @@ class MLStrategy(bt.Strategy):
 
     def next(self) -> None:
         """Make one decision per symbol that has a new bar."""
-        fresh = [d for d in self.datas if len(d) and len(d) != self._seen[d._name]]
+        seen = self._seen
+        fresh = [d for d in self.datas if (n := len(d)) and n != seen[d._name]]
         if not fresh:
             return
         if self.p.on_start is not None or self.p.on_bar is not None:
@@ -197,7 +198,8 @@ class MLStrategy(bt.Strategy):
             self._manage_exit(d)
             self._consider_entry(d, equity)
             self.risk.tick_cooldown(name)
-        self._last_equity = self.broker.getvalue()
+        # nothing fills inside next(): the value seen at the start of the bar is the bar's value
+        self._last_equity = equity
 
     def _manage_exit(self, d: bt.feed.DataBase) -> None:
         book = self.books[d._name]
