@@ -13,7 +13,6 @@ This module must never import :mod:`ml.labels` (forward-looking code).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -45,17 +44,24 @@ def live_window_bars(bar_minutes: int) -> int:
     return WARMUP_BARS + 390 // bar_minutes + 1
 
 
-def _rolling_sum(x: np.ndarray, w: int) -> np.ndarray:
-    """Sum of the last ``w`` values, added left to right, so each value is independent of where x starts."""
+def _rolling_fold(x: np.ndarray, w: int, op: np.ufunc) -> np.ndarray:
+    """Fold the last ``w`` values left to right with ``op`` (add, minimum, maximum).
+
+    The fixed order makes each value independent of where ``x`` starts (bit-identical on any window).
+    """
     n = len(x)
     out = np.full(n, np.nan)
     if n < w:
         return out
     acc = x[: n - w + 1].copy()
     for k in range(1, w):
-        acc += x[k : n - w + 1 + k]
+        op(acc, x[k : n - w + 1 + k], out=acc)
     out[w - 1 :] = acc
     return out
+
+
+def _rolling_sum(x: np.ndarray, w: int) -> np.ndarray:
+    return _rolling_fold(x, w, np.add)
 
 
 def _rolling_mean(x: np.ndarray, w: int) -> np.ndarray:
@@ -74,18 +80,6 @@ def _rolling_std(x: np.ndarray, w: int) -> np.ndarray:
         d = x[k : n - w + 1 + k] - mean
         acc += d * d
     out[w - 1 :] = np.sqrt(acc / (w - 1))
-    return out
-
-
-def _rolling_extreme(x: np.ndarray, w: int, fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
-    n = len(x)
-    out = np.full(n, np.nan)
-    if n < w:
-        return out
-    acc = x[: n - w + 1].copy()
-    for k in range(1, w):
-        acc = fn(acc, x[k : n - w + 1 + k])
-    out[w - 1 :] = acc
     return out
 
 
@@ -163,8 +157,8 @@ def compute_features(bars: pd.DataFrame) -> pd.DataFrame:
     logc = np.log(c)
     ret_1 = logc - _lag(logc, 1)
     rng_1 = np.log(h / lo)
-    low_30 = _rolling_extreme(lo, 30, np.minimum)
-    high_30 = _rolling_extreme(h, 30, np.maximum)
+    low_30 = _rolling_fold(lo, 30, np.minimum)
+    high_30 = _rolling_fold(h, 30, np.maximum)
     span = high_30 - low_30
     rv_15, rv_60 = _rolling_std(ret_1, 15), _rolling_std(ret_1, 60)
     gap, since_open, vwap_dist = _session_features(days, o, c, (h + lo + c) / 3.0, v)
