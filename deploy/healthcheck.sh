@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# Health check of a running deployment. Prints one line per check and exits 1 naming what failed:
+#
+#   port     the gateway's API port accepts connections (GATEWAY_HOST:GATEWAY_PORT, 127.0.0.1:4002)
+#   bar      the last bar arrived recently: the newest LOG_DIR/decisions-*.jsonl (one line per symbol
+#            per bar) changed less than HC_MAX_BAR_AGE seconds ago (default 300). Checked only while
+#            the market is open (XNYS via exchange_calendars when PYTHON has it, else Mon-Fri
+#            09:30-16:00 New York); HC_BAR_CHECK=always|never overrides that
+#   process  the trader is alive: systemd unit HC_UNIT (e.g. trader.service) when set, else the pid in
+#            RUN_DIR/trader.pid (written by trader-tmux.sh)
+#
+#   deploy/healthcheck.sh                 run every check
+#   deploy/healthcheck.sh wait-port [S]   wait up to S seconds (default 600) for the API port (trader.service)
+#
+# Settings: the environment, then $TRADER_ENV_FILE (default /opt/trader/etc/trader.env).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=deploy/lib.sh
+source "$HERE/lib.sh"
+
+load_env_file "${TRADER_ENV_FILE:-/opt/trader/etc/trader.env}"
+APP_DIR=${APP_DIR:-$(cd "$HERE/.." && pwd)}
+LOG_DIR=${LOG_DIR:-$APP_DIR/logs}
+STATE_DIR=${STATE_DIR:-$APP_DIR/state}
+RUN_DIR=${RUN_DIR:-$STATE_DIR/run}
+PYTHON=${PYTHON:-python3}
+GATEWAY_HOST=${GATEWAY_HOST:-127.0.0.1}
+GATEWAY_PORT=${GATEWAY_PORT:-4002}
+HC_MAX_BAR_AGE=${HC_MAX_BAR_AGE:-300}
+HC_BAR_CHECK=${HC_BAR_CHECK:-auto}
+HC_UNIT=${HC_UNIT:-}
+
+FAILED=()
+
+ok() { echo "OK   $1: $2"; }
+fail() {
+    echo "FAIL $1: $2"
+    FAILED+=("$1")
+}
+
+check_port() {
+    if port_open "$GATEWAY_HOST" "$GATEWAY_PORT"; then
+        ok port "$GATEWAY_HOST:$GATEWAY_PORT accepts connections"
+    else
+        fail port "$GATEWAY_HOST:$GATEWAY_PORT is closed (gateway down, restarting, or waiting for 2FA?)"
+    fi
+}
+
+# Succeed when the market is open now and was open HC_MAX_BAR_AGE seconds ago (so a bar is due).
+market_open() {
+    local rc=0
+    "$PYTHON" - "$HC_MAX_BAR_AGE" 2>/dev/null <<'EOF' || rc=$?
+import sys
+
+import exchange_calendars as xc
+import pandas as pd
+
+cal = xc.get_calendar("XNYS")
+now = pd.Timestamp.now(tz="UTC").floor("min")
+then = now - pd.Timedelta(seconds=int(sys.argv[1]))
+sys.exit(0 if cal.is_trading_minute(now) and cal.is_trading_minute(then.ceil("min")) else 10)
+EOF
+    case $rc in
+        0) return 0 ;;
+        10) return 1 ;;
+    esac
+    # no calendar: weekdays 09:30 + max age .. 16:00 New York (holidays are not known here)
+    local dow hhmm start
+    dow=$(TZ=America/New_York date +%u)
+    hhmm=$(TZ=America/New_York date +%H%M)
+    start=$(TZ=America/New_York date -d "09:30 today + $HC_MAX_BAR_AGE seconds" +%H%M)
+    ((dow <= 5 && 10#$hhmm >= 10#$start && 10#$hhmm < 1600))
+}
+
+check_bar() {
+    local newest age
+    case $HC_BAR_CHECK in
+        never)
+            ok bar "not checked (HC_BAR_CHECK=never)"
+            return 0
+            ;;
+        auto)
+            if ! market_open; then
+                ok bar "not checked: market closed"
+                return 0
+            fi
+            ;;
+    esac
+    newest=$(find "$LOG_DIR" -maxdepth 1 -name 'decisions-*.jsonl' -printf '%T@ %p\n' 2>/dev/null |
+        sort -n | tail -n 1 | cut -d' ' -f2-)
+    if [[ -z $newest ]]; then
+        fail bar "no decisions-*.jsonl in $LOG_DIR: no bar has arrived yet"
+        return 0
+    fi
+    age=$(($(date +%s) - $(stat -c %Y "$newest")))
+    if ((age > HC_MAX_BAR_AGE)); then
+        fail bar "last bar ${age}s ago ($(basename "$newest")), more than ${HC_MAX_BAR_AGE}s: stale data feed"
+    else
+        ok bar "last bar ${age}s ago ($(basename "$newest"))"
+    fi
+}
+
+check_process() {
+    local pid
+    if [[ -n $HC_UNIT ]]; then
+        pid=$(systemctl show -p MainPID --value "$HC_UNIT" 2>/dev/null || echo 0)
+        if systemctl is-active --quiet "$HC_UNIT" && [[ ${pid:-0} != 0 ]]; then
+            ok process "$HC_UNIT active (pid $pid)"
+        else
+            fail process "$HC_UNIT is not running ($(systemctl is-active "$HC_UNIT" 2>/dev/null || true))"
+        fi
+        return 0
+    fi
+    pid=$(cat "$RUN_DIR/trader.pid" 2>/dev/null || true)
+    if [[ -z $pid ]]; then
+        fail process "no $RUN_DIR/trader.pid: the trader is not running"
+    elif kill -0 "$pid" 2>/dev/null; then
+        ok process "trader pid $pid alive"
+    else
+        fail process "trader pid $pid (from $RUN_DIR/trader.pid) is dead"
+    fi
+}
+
+main() {
+    case ${1:-check} in
+        wait-port)
+            local timeout_s=${2:-600}
+            if wait_port "$GATEWAY_HOST" "$GATEWAY_PORT" "$timeout_s"; then
+                echo "gateway API $GATEWAY_HOST:$GATEWAY_PORT is open"
+                return 0
+            fi
+            echo "gateway API $GATEWAY_HOST:$GATEWAY_PORT still closed after ${timeout_s}s" >&2
+            return 1
+            ;;
+        check)
+            check_port
+            check_bar
+            check_process
+            if ((${#FAILED[@]})); then
+                echo "UNHEALTHY: ${FAILED[*]}"
+                return 1
+            fi
+            echo "HEALTHY"
+            ;;
+        *)
+            sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            return 2
+            ;;
+    esac
+}
+
+main "$@"
