@@ -219,6 +219,8 @@ def run_job(job: Job) -> dict[str, Any]:
             from ml.model import ModelBundle  # noqa: PLC0415
 
             cfg = load_config(job.config, job.overrides)
+            if job.model_dir is None:
+                raise ValueError(f"{job.label}: a full-strategy job needs model_dir")
             bundle = ModelBundle.load(job.model_dir)
             out["rss_before_mb"] = _rss_mb()
             out.update(_best(lambda: _full_once(frames, cfg, bundle), job.repeat))
