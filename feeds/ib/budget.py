@@ -116,7 +116,9 @@ class RequestBudget:
         self.long_window = long_window + margin_seconds
         self.long_max = long_max
         self.backoff_initial_seconds = backoff_initial_seconds
-        self._sent: deque[tuple[float, RequestKey]] = deque()
+        self._last_sent: dict[RequestKey, float] = {}  # identical-request rule
+        self._by_contract: dict[tuple[str, str, str], deque[tuple[float, int]]] = {}  # 2-second rule
+        self._counted: deque[tuple[float, int]] = deque()  # 10-minute rule (times, weights), oldest first
         self._open: Counter[RequestKey] = Counter()
         self._blocked_until = float("-inf")
         self._backoff = 0.0
@@ -148,7 +150,10 @@ class RequestBudget:
         if self.wait_seconds(key, t) > 0.0:
             self.refused += 1
             return False
-        self._sent.append((t, key))
+        self._last_sent[key] = t
+        self._by_contract.setdefault(key.contract_key, deque()).append((t, key.weight))
+        if self._long_rule_applies(key):
+            self._counted.append((t, key.weight))
         self._open[key] += 1
         self.acquired += 1
         return True
@@ -181,21 +186,32 @@ class RequestBudget:
         waits = [self._blocked_until - t]
         if self.open_requests >= self.max_open:
             waits.append(1.0)  # until an answer arrives; poll again soon
-        waits.extend(s + self.identical_window - t for s, k in self._sent if k == key)
-        same = sorted(s for s, k in self._sent
-                      if k.contract_key == key.contract_key and t - s < self.same_contract_window
-                      for _ in range(k.weight))
+        last = self._last_sent.get(key)
+        if last is not None:
+            waits.append(last + self.identical_window - t)
+        same = [s for s, w in self._by_contract.get(key.contract_key, ()) for _ in range(w)]
         excess = len(same) + key.weight - self.same_contract_max
         if excess > 0:
             waits.append(same[excess - 1] + self.same_contract_window - t)
-        if not self.small_bars_only or key.bar_seconds <= 30:
-            counted = [s for s, k in self._sent if not self.small_bars_only or k.bar_seconds <= 30
-                       for _ in range(k.weight)]
+        if self._long_rule_applies(key):
+            counted = [s for s, w in self._counted for _ in range(w)]
             excess = len(counted) + key.weight - self.long_max
             if excess > 0:
                 waits.append(counted[excess - 1] + self.long_window - t)
         return max(0.0, *waits)
 
+    def _long_rule_applies(self, key: RequestKey) -> bool:
+        return not self.small_bars_only or key.bar_seconds <= 30
+
     def _expire(self, t: float) -> None:
-        while self._sent and t - self._sent[0][0] >= self.long_window:
-            self._sent.popleft()
+        """Forget requests no rule can see any more (keeps the state bounded)."""
+        while self._counted and t - self._counted[0][0] >= self.long_window:
+            self._counted.popleft()
+        for contract in list(self._by_contract):
+            times = self._by_contract[contract]
+            while times and t - times[0][0] >= self.same_contract_window:
+                times.popleft()
+            if not times:
+                del self._by_contract[contract]
+        if len(self._last_sent) > 256:
+            self._last_sent = {k: s for k, s in self._last_sent.items() if t - s < self.identical_window}
