@@ -15,7 +15,8 @@ VENV=${IB_INSYNC_VENV:-.venv-ib_insync}
 pin() {  # the pinned requirement line for one package, from requirements.txt
     grep -iE "^$1==" requirements.txt || { echo "error: $1 is not pinned in requirements.txt" >&2; exit 2; }
 }
-REQS=("ib_insync==0.9.86" "$(pin pandas)" "$(pin numpy)" "$(pin pyarrow)" "$(pin exchange_calendars)" "$(pin pydantic)")
+REQS=("ib_insync==0.9.86" "$(pin pandas)" "$(pin numpy)" "$(pin pyarrow)" "$(pin exchange_calendars)" "$(pin pydantic)"
+      "$(pin tomli_w)")
 
 if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
