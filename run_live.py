@@ -106,10 +106,13 @@ def start_sim(cfg: AppConfig, args: argparse.Namespace) -> tuple[Any, AppConfig]
     from feeds.universe import load_universe  # noqa: PLC0415
     from ibsim import IBSim, SimConfig  # noqa: PLC0415
     from ibsim.data import defaultStart, parseStart  # noqa: PLC0415
+    from ibsim.pacing import PacingRules  # noqa: PLC0415
 
     frames = load_universe(cfg).frames
     start = parseStart(args.start) if args.start else defaultStart(frames)
-    sim = IBSim(frames, start=start, config=SimConfig(port=0), speed=cfg.live.sim_speed).start()
+    # The simulator paces like IB does for the trader's bar size (live.pacing_small_bars_only).
+    pacing = PacingRules(smallBarsOnly=cfg.live.pacing_small_bars_only)
+    sim = IBSim(frames, start=start, config=SimConfig(port=0, pacing=pacing), speed=cfg.live.sim_speed).start()
     logger.info("ibsim on port %d: %s from %s at %gx", sim.port, ", ".join(frames), start.isoformat(),
                 cfg.live.sim_speed)
     live = cfg.live.model_copy(update={"host": sim.host, "port": sim.port})
