@@ -192,18 +192,22 @@ class IBBroker(bt.BrokerBase):
             self._cancel_ib(self._orphans.pop())
 
     # -- orders from the strategy -----------------------------------------------------------------
+    def _accept(self, order: bt.Order) -> bt.Order:
+        """Attach commission info, remember the feed, and notify the order as Submitted."""
+        order.addcomminfo(self.getcommissioninfo(order.data))
+        self._datas[order.data._name] = order.data
+        order.submit(self)
+        self.notify(order)
+        return order
+
     def buy(self, owner: Any, data: Any, size: float, price: float | None = None, plimit: float | None = None,
             exectype: int | None = None, valid: Any = None, tradeid: int = 0, oco: Any = None,
             trailamount: float | None = None, trailpercent: float | None = None, parent: Any = None,
             transmit: bool = True, **kwargs: Any) -> bt.Order:
         """Submit an entry: a native bracket (market parent, stop and target children)."""
-        order = bt.BuyOrder(owner=owner, data=data, size=size, price=price, pricelimit=plimit,
-                            exectype=exectype, valid=valid, tradeid=tradeid, oco=oco, parent=parent,
-                            transmit=transmit)
-        order.addcomminfo(self.getcommissioninfo(data))
-        self._datas[data._name] = data
-        order.submit(self)
-        self.notify(order)
+        order = self._accept(bt.BuyOrder(owner=owner, data=data, size=size, price=price, pricelimit=plimit,
+                                         exectype=exectype, valid=valid, tradeid=tradeid, oco=oco, parent=parent,
+                                         transmit=transmit))
         if order.exectype != bt.Order.Market:
             return self._refuse(order, "only market entries are supported")
         tid = mp.trade_id_for(_utc(bt.num2date(data.datetime[0])))
@@ -222,13 +226,9 @@ class IBBroker(bt.BrokerBase):
              trailamount: float | None = None, trailpercent: float | None = None, parent: Any = None,
              transmit: bool = True, **kwargs: Any) -> bt.Order:
         """Adopt a bracket child (Stop / Limit) or submit a market exit."""
-        order = bt.SellOrder(owner=owner, data=data, size=size, price=price, pricelimit=plimit,
-                             exectype=exectype, valid=valid, tradeid=tradeid, oco=oco, parent=parent,
-                             transmit=transmit)
-        order.addcomminfo(self.getcommissioninfo(data))
-        self._datas[data._name] = data
-        order.submit(self)
-        self.notify(order)
+        order = self._accept(bt.SellOrder(owner=owner, data=data, size=size, price=price, pricelimit=plimit,
+                                          exectype=exectype, valid=valid, tradeid=tradeid, oco=oco, parent=parent,
+                                          transmit=transmit))
         tid = self._trade_of.get(data._name)
         if tid is None:
             tid = mp.trade_id_for(_utc(bt.num2date(data.datetime[0])))
