@@ -64,8 +64,9 @@ run_recorded() {
         eval "exec $cmd"
     ) || rc=$?
     rm -f "$RUN_DIR/$name.pid"
-    echo "$rc" >"$RUN_DIR/$name.exit"
+    # Log first: the .exit file tells `stop` that this window has said its last word.
     log "$name exited with code $rc"
+    echo "$rc" >"$RUN_DIR/$name.exit"
     return "$rc"
 }
 
@@ -158,7 +159,12 @@ cmd_stop() {
     touch "$RUN_DIR/stopping"
     local rc=0
     stop_process trader "$STOP_TIMEOUT" || rc=1
-    sleep 0.5 # let the trader window record the exit code
+    # let the trader window log and record its exit code before anything is killed
+    for _ in $(seq 1 50); do
+        [[ -f "$RUN_DIR/trader.exit" ]] && break
+        sleep 0.2
+    done
+    sleep 0.2
     stop_process gateway 60 || rc=1
     sleep 0.5
     tm kill-session -t "=$SESSION"
