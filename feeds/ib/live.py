@@ -153,6 +153,17 @@ class LiveRun:
     decisions: DecisionLog
 
 
+def alert_to_webhook(session: IBSession, cfg: AppConfig) -> None:
+    """Send the session's alerts (IB down longer than ``live.alert_after_seconds``) to the webhook too.
+
+    The session already logs them at ERROR; a failed post is logged by :func:`post_message`, never raised.
+    """
+    def send(message: str) -> None:
+        post_message(cfg.live.webhook, f"ALERT {cfg.live.strategy_id}: {message}", {"alert": message})
+
+    session.on_alert.append(send)
+
+
 def build_live(cfg: AppConfig, session: IBSession, state: StateStore, model: Any, *,
                kill_switch: KillSwitch | None = None, clock: Callable[[], datetime] | None = None,
                max_bars: int | None = None, until: datetime | None = None, symbols: list[str] | None = None,
@@ -171,6 +182,7 @@ def build_live(cfg: AppConfig, session: IBSession, state: StateStore, model: Any
     broker.addcommissioninfo(IBKRCommission(fn=commission_function(cfg.costs.commission,
                                                                    cfg.costs.tiered_monthly_shares)))
     cerebro.setbroker(broker)
+    alert_to_webhook(session, cfg)
     hooks = LiveHooks(broker, state, session, kill_switch or KillSwitch(cfg.live.kill_switch_file), cfg,
                       max_bars=max_bars, until=until)
     decisions = DecisionLog(cfg.live.log_dir)
