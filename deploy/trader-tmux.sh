@@ -48,11 +48,11 @@ running() {
     tm has-session -t "=$SESSION" 2>/dev/null
 }
 
-# Send the command's output to the pane and to LOG_DIR/tmux-NAME.log (tee ignores Ctrl-C so the
-# trader's last lines still get through while it shuts down).
+# Send the command's output to the pane and to LOG_DIR/tmux-NAME.log (tee ignores Ctrl-C, SIGTERM and the
+# pane's hang-up, so the trader's last lines still reach the file while it shuts down).
 tee_output() {
     mkdir -p "$LOG_DIR"
-    exec > >(trap '' INT TERM; exec tee -a "$LOG_DIR/tmux-$1.log") 2>&1
+    exec > >(trap '' INT TERM HUP; exec tee -a "$LOG_DIR/tmux-$1.log") 2>&1
 }
 
 # Run a command line in the foreground with its pid in RUN_DIR/NAME.pid; record its exit code.
@@ -159,9 +159,10 @@ cmd_stop() {
     touch "$RUN_DIR/stopping"
     local rc=0
     stop_process trader "$STOP_TIMEOUT" || rc=1
-    # let the trader window log and record its exit code before anything is killed
+    # let the trader window log, record its exit code and end (pane dead) before anything is killed
     for _ in $(seq 1 50); do
-        [[ -f "$RUN_DIR/trader.exit" ]] && break
+        [[ -f "$RUN_DIR/trader.exit" &&
+            "$(tm list-panes -t "=$SESSION:trader" -F '#{pane_dead}' 2>/dev/null)" == 1 ]] && break
         sleep 0.2
     done
     sleep 0.2
