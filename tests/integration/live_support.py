@@ -5,7 +5,9 @@ so every order reaches the simulator at the bar boundary: deterministic).
 
 from __future__ import annotations
 
+import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -153,3 +155,90 @@ class LiveDriver:
 def sim_start(day: str, hhmm: str) -> datetime:
     """Return a New York time."""
     return pd.Timestamp(f"{day} {hhmm}", tz="America/New_York").to_pydatetime()
+
+
+def free_port() -> int:
+    """Return a free loopback TCP port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Control:
+    """The simulator's control port (one command per line, replies end with a blank line)."""
+
+    def __init__(self, port: int) -> None:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def __call__(self, command: str) -> str:
+        self.sock.sendall(command.encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n\n"):
+            buf += self.sock.recv(65536)
+        return buf.decode().strip()
+
+
+def bars_decided(log: Path, bar: pd.Timestamp) -> bool:
+    """True when every symbol has a decision line for ``bar`` in the decisions log."""
+    if not log.exists():
+        return False
+    stamp = bar.tz_convert("UTC").isoformat()
+    return sum(1 for line in log.read_text().splitlines() if json.loads(line)["time"] == stamp) >= len(SYMBOLS)
+
+
+def step_bar(ctl: Control, log: Path, minutes: int = 1, wait: float = 6.0) -> pd.Timestamp:
+    """Advance the simulator by ``minutes`` and wait until the trader decided the closed bar."""
+    now = pd.Timestamp(ctl(f"advance {60 * minutes}"))
+    deadline = time.monotonic() + wait
+    while not bars_decided(log, now - pd.Timedelta(minutes=1)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.25)  # exits wait for cancel confirmations; let them reach the simulator
+    return now
+
+
+def sim_positions(ctl: Control) -> dict[str, float]:
+    """Positions from the simulator's ``status`` command."""
+    out = {}
+    for line in ctl("status").splitlines():
+        if line.startswith("position "):
+            _, sym, qty, *_ = line.split()
+            out[sym] = float(qty)
+    return out
+
+
+@dataclass
+class Rehearsal:
+    """Bars written as CSV files, two free ports and a trained model for a ``python -m ibsim`` subprocess run."""
+
+    frames: dict[str, pd.DataFrame]
+    data: Path
+    port: int
+    cport: int
+    extra: tuple[str, ...]
+    cfg: AppConfig
+
+
+def prepare_rehearsal(tmp: Path) -> Rehearsal:
+    """Write 5 sessions of bars to ``tmp/data``, pick ports and train a small model (trades readily)."""
+    from ml.train import train_model  # noqa: PLC0415
+
+    frames_ = frames(5)
+    data = tmp / "data"
+    data.mkdir()
+    for sym, frame in frames_.items():
+        frame.to_csv(data / f"{sym}.csv", index_label="datetime")
+    port, cport = free_port(), free_port()
+    extra = ("model.kind='logreg'", f"model.path='{tmp / 'model'}'", "model.cv_folds=2",
+             "strategy.p_up_entry_threshold=0.36", "strategy.take_profit=0.05", "strategy.stop_loss=0.05",
+             f"live.port={port}", "live.client_id=7")
+    cfg = make_config(tmp, *extra)
+    train_model(cfg, frames_, "test bars", progress=False)
+    return Rehearsal(frames_, data, port, cport, extra, cfg)

@@ -346,37 +346,26 @@ def test_tmux_launcher_runs_ibsim_and_run_live_trades_then_stops_cleanly(tmp_pat
         pytest.skip("tmux not installed")
     from feeds.ib.live import state_path  # noqa: PLC0415
     from feeds.ib.state import StateStore  # noqa: PLC0415
-    from ml.train import train_model  # noqa: PLC0415
     from tests.integration import live_support as ls  # noqa: PLC0415
-    from tests.integration.test_live_restart import Control, _positions, _step  # noqa: PLC0415
 
-    frames = ls.frames(5)
-    data = tmp_path / "data"
-    data.mkdir()
-    for sym, frame in frames.items():
-        frame.to_csv(data / f"{sym}.csv", index_label="datetime")
-    port, cport = _free_port(), _free_port()
-    extra = ("model.kind='logreg'", f"model.path='{tmp_path / 'model'}'", "model.cv_folds=2",
-             "strategy.p_up_entry_threshold=0.36", "strategy.take_profit=0.05", "strategy.stop_loss=0.05",
-             f"live.port={port}", "live.client_id=7")
-    cfg = ls.make_config(tmp_path, *extra)
-    train_model(cfg, frames, "test bars", progress=False)
+    r = ls.prepare_rehearsal(tmp_path)
+    port, cport, data, extra, cfg = r.port, r.cport, r.data, r.extra, r.cfg
     env = _tmux_env(tmp_path, port, cport, data, ls.live_overrides(tmp_path, *extra))
     try:
         started = _tmux(env, "start")
         assert started.returncode == 0, started.stderr
         assert _tmux(env, "start").returncode == 0  # already running: no second session
-        ctl = Control(cport)
+        ctl = ls.Control(cport)
         log = tmp_path / "logs" / f"decisions-{DAY}.jsonl"
         deadline = time.monotonic() + 60
         while "paper trading" not in _pane(env, "trader"):
             assert time.monotonic() < deadline, _pane(env, "trader")
             time.sleep(0.2)
         for _ in range(40):
-            _step(ctl, log)
-            if _positions(ctl):
+            ls.step_bar(ctl, log)
+            if ls.sim_positions(ctl):
                 break
-        assert _positions(ctl), "no entry within 40 bars"
+        assert ls.sim_positions(ctl), "no entry within 40 bars"
         status = _tmux(env, "status")
         assert status.returncode == 0, status.stdout
         assert "trader: pid" in status.stdout

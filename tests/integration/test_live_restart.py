@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +14,6 @@ import pytest
 
 from feeds.ib.live import state_path
 from feeds.ib.state import StateStore
-from ml.train import train_model
 from tests.integration import live_support as ls
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,71 +21,9 @@ DAY = "2024-01-08"
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Control:
-    """The simulator's control port (one command per line, replies end with a blank line)."""
-
-    def __init__(self, port: int) -> None:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-
-    def __call__(self, command: str) -> str:
-        self.sock.sendall(command.encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n\n"):
-            buf += self.sock.recv(65536)
-        return buf.decode().strip()
-
-
-def _bars_decided(log: Path, bar: pd.Timestamp) -> bool:
-    if not log.exists():
-        return False
-    stamp = bar.tz_convert("UTC").isoformat()
-    return sum(1 for line in log.read_text().splitlines() if json.loads(line)["time"] == stamp) >= len(ls.SYMBOLS)
-
-
-def _step(ctl: Control, log: Path, minutes: int = 1, wait: float = 6.0) -> pd.Timestamp:
-    now = pd.Timestamp(ctl(f"advance {60 * minutes}"))
-    deadline = time.monotonic() + wait
-    while not _bars_decided(log, now - pd.Timedelta(minutes=1)) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.25)  # exits wait for cancel confirmations; let them reach the simulator
-    return now
-
-
-def _positions(ctl: Control) -> dict[str, float]:
-    out = {}
-    for line in ctl("status").splitlines():
-        if line.startswith("position "):
-            _, sym, qty, *_ = line.split()
-            out[sym] = float(qty)
-    return out
-
-
 def test_sigkill_mid_day_then_restart_keeps_trades_clocks_and_risk_state(tmp_path: Path) -> None:
-    frames = ls.frames(5)
-    data = tmp_path / "data"
-    data.mkdir()
-    for sym, frame in frames.items():
-        frame.to_csv(data / f"{sym}.csv", index_label="datetime")
-    port, cport = _free_port(), _free_port()
-    extra = ("model.kind='logreg'", f"model.path='{tmp_path / 'model'}'", "model.cv_folds=2",
-             "strategy.p_up_entry_threshold=0.36", "strategy.take_profit=0.05", "strategy.stop_loss=0.05",
-             f"live.port={port}", "live.client_id=7")
-    cfg = ls.make_config(tmp_path, *extra)
-    train_model(cfg, frames, "test bars", progress=False)
+    r = ls.prepare_rehearsal(tmp_path)
+    port, cport, data, extra, cfg = r.port, r.cport, r.data, r.extra, r.cfg
     sim = subprocess.Popen([sys.executable, "-m", "ibsim", "--port", str(port), "--control-port", str(cport),
                             "--speed", "0", "--data", str(data), "--start", f"{DAY} 14:40", "--cash", "100000",
                             "--log-level", "WARNING"], cwd=ROOT, stdin=subprocess.DEVNULL)
@@ -98,15 +33,15 @@ def test_sigkill_mid_day_then_restart_keeps_trades_clocks_and_risk_state(tmp_pat
     log = tmp_path / "logs" / f"decisions-{DAY}.jsonl"
     live = None
     try:
-        ctl = Control(cport)
+        ctl = ls.Control(cport)
         live = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL)
         time.sleep(4.0)  # connect and warm up on the stopped clock
         for _ in range(40):
-            _step(ctl, log)
-            if _positions(ctl):
+            ls.step_bar(ctl, log)
+            if ls.sim_positions(ctl):
                 break
-        assert _positions(ctl), "no entry within 40 bars"
-        _step(ctl, log)
+        assert ls.sim_positions(ctl), "no entry within 40 bars"
+        ls.step_bar(ctl, log)
         live.send_signal(signal.SIGKILL)
         assert live.wait(10) == -signal.SIGKILL
         store = StateStore(state_path(cfg))
@@ -117,7 +52,7 @@ def test_sigkill_mid_day_then_restart_keeps_trades_clocks_and_risk_state(tmp_pat
         live = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL)
         time.sleep(4.0)
         for _ in range(14):
-            _step(ctl, log)
+            ls.step_bar(ctl, log)
         live.send_signal(signal.SIGTERM)
         assert live.wait(30) == 0
         store = StateStore(state_path(cfg))
@@ -153,7 +88,7 @@ def test_sigkill_mid_day_then_restart_keeps_trades_clocks_and_risk_state(tmp_pat
         net: dict[str, float] = defaultdict(float)
         for f in fills:
             net[f["symbol"]] += f["shares"] if f["side"] == "BOT" else -f["shares"]
-        assert {k: v for k, v in net.items() if v} == _positions(ctl)
+        assert {k: v for k, v in net.items() if v} == ls.sim_positions(ctl)
     finally:
         if live is not None and live.poll() is None:
             live.kill()
