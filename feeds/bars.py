@@ -39,7 +39,6 @@ class BarDataError(ValueError):
     """Bars are malformed; the message names the file, the row (1-based data row) and the field."""
 
 
-bar_minutes_of = bar_size_minutes  # "1min" -> 1, "5min" -> 5 (one definition, in config.settings)
 
 
 def symbol_from_path(path: Path) -> str:
@@ -287,7 +286,7 @@ class BarStore:
 
 def prepare_file(path: Path, bar_size: str, calendar: str = "XNYS", rth_only: bool = True) -> pd.DataFrame:
     """Read, validate and (optionally) RTH-filter one bar file."""
-    minutes = bar_minutes_of(bar_size)
+    minutes = bar_size_minutes(bar_size)
     frame = read_bar_file(path)
     validate_bars(frame, str(path), minutes)
     if rth_only:

@@ -84,6 +84,7 @@ class BarFrameFeed(bt.feed.DataBase):
             buf = array("d")
             buf.frombytes(np.ascontiguousarray(values, dtype="float64").tobytes())
             getattr(self.lines, name).array = buf
+        self._arrays = {}  # the line buffers hold the bars now; _load is never called after this
         self._pos = self._n
         self.home()
 

@@ -191,6 +191,16 @@ def compute_features(bars: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, index=bars.index, columns=list(FEATURE_NAMES))
 
 
+def usable_rows(feats: np.ndarray) -> np.ndarray:
+    """Return which feature rows the model may score (training keeps exactly these rows too).
+
+    Every feature must be finite except ``gap``, which is NaN in a frame's first session (the model handles
+    that NaN) but must not be infinite.
+    """
+    gap = FEATURE_NAMES.index("gap")
+    return np.isfinite(np.delete(feats, gap, axis=1)).all(axis=1) & ~np.isinf(feats[:, gap])
+
+
 def _zscore(x: np.ndarray, w: int) -> np.ndarray:
     mean, std = _rolling_mean(x, w), _rolling_std(x, w)
     return np.where(std > 0, (x - mean) / std, 0.0)

@@ -42,10 +42,10 @@ from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 from analyzers.io import atomic_write_json
-from config.settings import AppConfig, ConfigError, ModelConfig, load_config
-from feeds.bars import EXCHANGE_TZ, BarDataError, bar_minutes_of, clip_dates, frame_fingerprint, load_bars
+from config.settings import AppConfig, ConfigError, ModelConfig, bar_size_minutes, load_config
+from feeds.bars import EXCHANGE_TZ, BarDataError, clip_dates, frame_fingerprint, load_bars
 from feeds.universe import load_universe
-from ml.features import FEATURE_NAMES, WARMUP_BARS, compute_features
+from ml.features import WARMUP_BARS, compute_features, usable_rows
 from ml.labels import LabelParams, triple_barrier_labels
 from ml.model import IsotonicCalibrator, ModelBundle, ModelError, SigmoidCalibrator
 from strategies.costs import commission_function
@@ -54,7 +54,6 @@ logger = logging.getLogger(__name__)
 
 REPORT_FILE = "training_report.json"
 RELIABILITY_BINS = 10
-_GAP_COLUMN = FEATURE_NAMES.index("gap")  # NaN for each symbol's first session; HGB handles NaN natively
 _PROB_EPS = 1e-6
 
 Calibrator = IsotonicCalibrator | SigmoidCalibrator
@@ -91,7 +90,7 @@ def label_params(cfg: AppConfig) -> LabelParams:
         slippage_bps=c.slippage_bps,
         commission=c.commission,
         notional=float(notional),
-        bar_minutes=bar_minutes_of(cfg.data.bar_size),
+        bar_minutes=bar_size_minutes(cfg.data.bar_size),
         calendar=cfg.data.calendar,
         tiered_monthly_shares=c.tiered_monthly_shares,
     )
@@ -186,10 +185,7 @@ def _symbol_samples(
     bars = bars.set_axis(index)
     X = compute_features(bars).to_numpy(dtype="float64")
     labels = triple_barrier_labels(bars, params, commission)
-    others = np.delete(X, _GAP_COLUMN, axis=1)
-    keep = (labels["eligible"].to_numpy(dtype=bool)
-            & np.isfinite(others).all(axis=1)
-            & ~np.isinf(X[:, _GAP_COLUMN]))
+    keep = labels["eligible"].to_numpy(dtype=bool) & usable_rows(X)
     keep[: WARMUP_BARS - 1] = False
     exit_ns = pd.DatetimeIndex(labels["exit_time"]).as_unit("ns").asi8
     return {
@@ -443,7 +439,7 @@ def cross_validate(cfg: AppConfig, ds: Dataset, progress: bool = False) -> CVRes
     entry threshold the precision, trade count and mean net return per trade, using scores calibrated by a
     calibrator fit on the earlier folds' out-of-fold scores only (null for fold 1).
     """
-    embargo = pd.Timedelta(minutes=cfg.model.embargo_bars * bar_minutes_of(cfg.data.bar_size))
+    embargo = pd.Timedelta(minutes=cfg.model.embargo_bars * bar_size_minutes(cfg.data.bar_size))
     splits = purged_walk_forward_splits(ds.t, ds.t_end, cfg.model.cv_folds, embargo)
     n = len(ds)
     oof_raw, oof_forward = np.full(n, np.nan), np.full(n, np.nan)

@@ -20,7 +20,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from feeds.pandas_feed import from_bt_num
-from ml.features import FEATURE_NAMES, WARMUP_BARS, compute_features, live_window_bars
+from ml.features import WARMUP_BARS, compute_features, live_window_bars, usable_rows
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class MLSignal(bt.Indicator):
         start = max(0, pos - self._window)
         frame = _frame_from_lines(self.data, start, pos)
         row = compute_features(frame).to_numpy()[-1:]
-        if not _defined(row):
+        if not usable_rows(row)[0]:
             self.lines.p_up[0] = math.nan
             return
         # One row: OpenMP threads only add overhead (0.4 ms alone vs ~0.4 s on two busy cores).
@@ -74,17 +74,12 @@ class MLSignal(bt.Indicator):
         frame = _frame_from_lines(self.data, 0, end)
         feats = compute_features(frame).to_numpy()
         out = np.full(end, np.nan)
-        ok = ~np.isnan(np.delete(feats, FEATURE_NAMES.index("gap"), axis=1)).any(axis=1)
+        ok = usable_rows(feats)
         if ok.any():
             out[ok] = self.p.model.predict_p_up(feats[ok])
         dst = self.lines.p_up.array
         for i in range(start, end):
             dst[i] = out[i]
-
-
-def _defined(row: np.ndarray) -> bool:
-    """A feature row is usable when every feature but the first session's gap is known."""
-    return not np.isnan(np.delete(row, FEATURE_NAMES.index("gap"), axis=1)).any()
 
 
 class SeriesSignal(bt.Indicator):

@@ -38,8 +38,8 @@ import pandas as pd
 from ib_async import Stock
 from tqdm import tqdm
 
-from config.settings import ConfigError, LiveConfig, load_config
-from feeds.bars import COLUMNS, BarDataError, BarStore, bar_minutes_of, filter_rth, validate_bars
+from config.settings import ConfigError, LiveConfig, bar_size_minutes, load_config
+from feeds.bars import COLUMNS, BarDataError, BarStore, filter_rth, validate_bars
 from feeds.ib.budget import RequestBudget, RequestKey
 from feeds.ib.errors import ErrorKind, IBError, NeedsHumanError, TemporaryIBError, classify
 from feeds.ib.feed import session_schedule
@@ -155,7 +155,7 @@ def stored(store: BarStore, symbol: str, bar_size: str) -> tuple[pd.DataFrame | 
     except (OSError, ValueError):
         pass
     if frame is not None and len(frame):
-        done |= _complete_sessions(frame, bar_minutes_of(bar_size))
+        done |= _complete_sessions(frame, bar_size_minutes(bar_size))
     return frame, done
 
 
@@ -178,7 +178,7 @@ def merge_and_store(store: BarStore, symbol: str, bar_size: str, existing: pd.Da
     merged = pd.concat(frames) if frames else new
     merged = merged[~merged.index.duplicated(keep="last")].sort_index()
     if len(merged):
-        validate_bars(merged, f"{symbol} {bar_size} (IB)", bar_minutes_of(bar_size))
+        validate_bars(merged, f"{symbol} {bar_size} (IB)", bar_size_minutes(bar_size))
     store.put(symbol, bar_size, merged, {"source": "ib", "sessions": sorted(done)})
     return merged
 
@@ -192,7 +192,7 @@ def bars_frame(bars: Iterable[object], chunk: Chunk, bar_size: str) -> pd.DataFr
     frame = frame[local_days.isin(pd.DatetimeIndex(chunk.sessions))]
     if frame.empty:
         return frame
-    minutes = bar_minutes_of(bar_size)
+    minutes = bar_size_minutes(bar_size)
     validate_bars(frame, f"IB {chunk.symbol} {chunk.duration} to {chunk.end:%Y-%m-%d}", minutes)
     return filter_rth(frame, minutes)
 
