@@ -31,6 +31,7 @@ HELP = """commands:
   release-client-id N               undo hold-client-id
   delay-hist SECONDS [COUNT] [SYM]  answer the next COUNT historical requests SECONDS late
   withhold-hist [COUNT] [SYM]       never answer the next COUNT historical requests
+  pacing-hist [COUNT] [SYM]         answer the next COUNT historical requests with 162 (pacing violation)
   partial QTY|off [SYMBOL]          split fills into executions of at most QTY shares
   pacing on|off                     historical-data pacing rules (error 162)
   quit                              stop the simulator"""
@@ -55,7 +56,8 @@ class ControlChannel:
             "help": lambda a: HELP, "time": self._time, "status": self._status, "advance": self._advance,
             "price": self._price, "drop": self._drop, "restart": self._restart, "reset": self._reset,
             "reject": self._reject, "hold-client-id": self._hold, "release-client-id": self._release,
-            "delay-hist": self._delay, "withhold-hist": self._withhold, "partial": self._partial,
+            "delay-hist": self._delay, "withhold-hist": self._withhold,
+            "pacing-hist": self._pacing_hist, "partial": self._partial,
             "pacing": self._pacing, "quit": self._quit,
         }
 
@@ -144,6 +146,12 @@ class ControlChannel:
         count = int(args[0]) if args else 1
         symbol = args[1].upper() if len(args) > 1 else None
         self.gateway.histFaults.append(HistFault("withhold", 0.0, count, symbol))
+        return "ok"
+
+    def _pacing_hist(self, args: list[str]) -> str:
+        count = int(args[0]) if args else 1
+        symbol = args[1].upper() if len(args) > 1 else None
+        self.gateway.histFaults.append(HistFault("pacing", 0.0, count, symbol))
         return "ok"
 
     def _partial(self, args: list[str]) -> str:

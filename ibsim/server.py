@@ -87,9 +87,9 @@ class RequestRecord:
 
 @dataclass
 class HistFault:
-    """A pending delay or withholding of historical-data answers."""
+    """A pending delay, withholding or pacing violation of historical-data answers."""
 
-    mode: str  # "delay" or "withhold"
+    mode: str  # "delay", "withhold" or "pacing"
     seconds: float = 0.0
     count: int = 1
     symbol: str | None = None
@@ -579,7 +579,11 @@ class Gateway:
             return
         pending = PendingHist(session, reqId, f)
         fault = self._takeHistFault(contract.symbol)
-        if fault is not None and fault.mode == "withhold":
+        if fault is not None and fault.mode == "pacing":
+            logger.warning("pacing violation reqId %d %s: injected (another client used the allowance)", reqId,
+                           contract.symbol)
+            session.send(msg.error(reqId, 162, msg.PACING_TEXT))
+        elif fault is not None and fault.mode == "withhold":
             logger.warning("withholding historical answer reqId %d", reqId)
             self.pendingHist[(id(session), reqId)] = pending
         elif fault is not None or self.connectivityLost:

@@ -197,6 +197,12 @@ class IBSim:
         fault = HistFault("withhold", 0.0, count, symbol.upper() if symbol else None)
         self._call(lambda: self.gateway.histFaults.append(fault))
 
+    def violatePacing(self, count: int = 1, symbol: str | None = None) -> None:
+        """Answer the next ``count`` historical requests with IB's 162 pacing violation (no bars), as when
+        another client of the same login has used up the allowance."""
+        fault = HistFault("pacing", 0.0, count, symbol.upper() if symbol else None)
+        self._call(lambda: self.gateway.histFaults.append(fault))
+
     def setPartialFills(self, maxQty: float | None, symbol: str | None = None) -> None:
         """Split fills into executions of at most ``maxQty`` shares, one per tape tick (None: off)."""
         policy = self.gateway.broker.policy

@@ -97,8 +97,10 @@ class MLStrategy(bt.Strategy):
         Live only: called with the strategy at start (restore books and risk state after a restart) and
         after every bar (persist them).
 
-    Bars of a live feed flagged ``historical`` (warm-up and backfill) feed the signal but get no decision;
-    they only run the cooldown clocks on for bars newer than ``last_bar_time`` (restored after a restart).
+    Bars of a live feed flagged ``historical`` (warm-up and backfill) feed the signal but trade nothing.
+    Those newer than ``last_bar_time`` (restored after a restart) are bars we missed live — the backfill
+    after a 162 back-off, a reconnect or a restart: each gets a ``LATE`` decision line and runs the cooldown
+    clocks on, so every bar has one decision line.
     """
 
     params = (
@@ -177,7 +179,8 @@ class MLStrategy(bt.Strategy):
                 book.entry_bar = len(d)
             if getattr(d, "historical", False):
                 self._seen[name] = len(d)
-                if now > self.last_bar_time.get(name, math.inf):
+                if now > self.last_bar_time.get(name, math.inf):  # missed live: logged LATE, clocks run on
+                    self._log_decision(d, float(self.signals[name].p_up[0]), rk.LATE, None)
                     self.risk.tick_cooldown(name)
                     self.last_bar_time[name] = now
                 continue
@@ -238,8 +241,11 @@ class MLStrategy(bt.Strategy):
             if reason is not None:
                 self.risk.blocked[reason] += 1
                 self.blocked_log[(self.risk.session, reason)] += 1
+        self._log_decision(d, p_up, decision, reason)
+
+    def _log_decision(self, d: bt.feed.DataBase, p_up: float, decision: str, reason: str | None) -> None:
         if self._sink is not None:
-            self._sink({"time": bt.num2date(d.datetime[0]), "symbol": name, "p_up": p_up,
+            self._sink({"time": bt.num2date(d.datetime[0]), "symbol": d._name, "p_up": p_up,
                         "decision": decision, "reason": reason})
 
     def _enter(self, d: bt.feed.DataBase, p_up: float) -> str | None:

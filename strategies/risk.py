@@ -21,6 +21,9 @@ ENTER = "ENTER"
 HOLD = "IN_POSITION"
 WARMUP = "WARMUP"
 NO_SIGNAL = "NO_SIGNAL"
+# Live only: a bar that reached us after a newer one had closed (the backfill after a 162 back-off, a
+# reconnect or a restart). It feeds the features and the clocks; trading on it would act on a stale price.
+LATE = "LATE"
 # Blocking reasons: the signal cleared the threshold but a risk rule said no.
 CLOSE_WINDOW = "CLOSE_WINDOW"
 DAILY_LOSS = "DAILY_LOSS"

@@ -170,14 +170,24 @@ class RequestBudget:
         self._backoff = 0.0
 
     def backoff(self, now: datetime | float, key: RequestKey | None = None) -> float:
-        """Stop all requests for a while after a 162 pacing violation; return the back-off in seconds."""
+        """Stop all requests for a while after a 162 pacing violation; return the back-off in seconds.
+
+        Several 162s answering requests of one batch (sent together, before the first violation was known)
+        count as one step: the back-off doubles only when a request sent after it expired is refused again.
+        """
         t = _secs(now)
         self.violations += 1
+        if t < self._blocked_until:  # another answer of a batch already sent: one back-off step per batch
+            return self._blocked_until - t
         self._backoff = min(self.long_window, max(self.backoff_initial_seconds, self._backoff * 2.0))
         self._blocked_until = max(self._blocked_until, t + self._backoff)
         logger.warning("pacing violation (162)%s: no historical requests for %.0f s",
                        f" on {key.symbol}" if key is not None else "", self._backoff)
         return self._backoff
+
+    def backoff_seconds(self, now: datetime | float) -> float:
+        """Return how long the back-off after a 162 still blocks every request (0 when none)."""
+        return max(0.0, self._blocked_until - _secs(now))
 
     def wait_seconds(self, key: RequestKey, now: datetime | float) -> float:
         """Return how long until ``key`` may be sent (0 when it may be sent now)."""

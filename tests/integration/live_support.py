@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from config.settings import AppConfig, load_config
+from feeds.ib.feed import BarPoller
 from feeds.ib.live import LiveRun, build_live, state_path
 from feeds.ib.safety import KillSwitch
 from feeds.ib.session import IBSession
@@ -107,11 +108,15 @@ class LiveDriver:
         feeds = strat.datas
         if not all(d.tracker.warmed_up and not d.tracker.queue for d in feeds):
             return False
-        if bars:
+        if bars and not self.held_back():
             last_closed = bt.date2num((self.sim.now() - timedelta(minutes=1)).replace(tzinfo=None))
             if self.run.hooks._last_live < last_closed - 1e-9:  # set after the bar's decisions
                 return False
         return not self.run.broker._pending_exits and len(self.sim.orders()) >= len(self.run.broker.sent)
+
+    def held_back(self) -> bool:
+        """True while the request budget backs off after a 162: only simulated time can bring the next bar."""
+        return BarPoller.for_session(self.session).budget.backoff_seconds(self.sim.now()) > 0.0
 
     def _wait(self, bars: int, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout

@@ -62,3 +62,13 @@ def test_pacing_can_be_turned_off(ib: IB, sim: IBSim, errors: list[tuple[int, st
     for _ in range(8):
         assert _bars(ib, AAPL) == 31
     assert errors == []
+
+
+def test_injected_pacing_violation_answers_162_for_the_next_requests_only(
+        ib: IB, sim: IBSim, errors: list[tuple[int, str]]) -> None:
+    sim.violatePacing(count=2, symbol="AAPL")
+    assert _bars(ib, MSFT, "60 S") > 0  # another symbol is served
+    assert _bars(ib, AAPL, "60 S") == 0
+    assert _bars(ib, AAPL, "120 S") == 0
+    assert errors == [(162, PACING_TEXT), (162, PACING_TEXT)]
+    assert _bars(ib, AAPL, "180 S") > 0

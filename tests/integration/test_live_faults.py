@@ -3,14 +3,17 @@ sent twice and every execution recorded exactly once."""
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from feeds.ib import mapping as mp
+from feeds.ib.feed import BarPoller
 from ibsim import IBSim, SimConfig
 from tests.integration import live_support as ls
 
@@ -114,6 +117,30 @@ def test_1100_then_1102_pauses_entries_and_resyncs(tmp_path: Path) -> None:
     assert seen["paused"]
     assert seen["paused_seen"]
     assert not driver.session.entries_paused
+    _assert_consistent(driver, sim)
+    driver.close()
+    sim.stop()
+
+
+def test_pacing_error_162_backs_off_then_backfills_every_bar_once_and_keeps_the_books(tmp_path: Path) -> None:
+    # another client of the login used up the allowance: the next 9 requests (three poll cycles of three
+    # symbols) get 162 while a position is open; the budget backs off 15 s, 30 s, 60 s, then the gap is
+    # backfilled by one request per symbol
+    step, done = _once_with_position(lambda d, s: d.sim.violatePacing(count=9))
+    driver, sim = _run(tmp_path, step, 30)
+    assert done
+    poller = BarPoller.for_session(driver.session)
+    assert poller.pacing_errors == 9
+    assert poller.budget.violations == 9  # none of our own making
+    for sym in ls.SYMBOLS:
+        times = [pd.Timestamp(r["time"]) for r in driver.run.decisions.records if r["symbol"] == sym]
+        assert times, sym
+        steps = {b - a for a, b in itertools.pairwise(times)}
+        assert steps == {pd.Timedelta(minutes=1)}, (sym, sorted(steps))  # every bar decided once, in order
+        late = [t for t, r in zip(times, (r for r in driver.run.decisions.records if r["symbol"] == sym),
+                                  strict=True) if r["decision"] == "LATE"]
+        assert len(late) == 3, (sym, late)  # the three bars missed live, backfilled in one request
+        assert times[-1] - late[-1] >= pd.Timedelta(minutes=5), sym  # and trading went on after the outage
     _assert_consistent(driver, sim)
     driver.close()
     sim.stop()

@@ -84,6 +84,15 @@ def test_pacing_violation_blocks_everything_and_backs_off_exponentially() -> Non
     assert budget.violations == 3
 
 
+def test_several_162s_of_one_batch_double_the_back_off_once() -> None:
+    budget = RequestBudget(backoff_initial_seconds=10.0, margin_seconds=0.0)
+    assert [budget.backoff(100.0) for _ in range(3)] == [10.0, 10.0, 10.0]
+    assert budget.violations == 3
+    assert budget.backoff(110.0) == 20.0
+    assert budget.backoff_seconds(125.0) == 5.0
+    assert budget.backoff_seconds(130.0) == 0.0
+
+
 def test_accepts_datetimes_and_reads_the_config() -> None:
     budget = RequestBudget.from_config(LiveConfig(pacing_small_bars_only=False))
     t0 = datetime(2024, 1, 4, 15, tzinfo=UTC)
