@@ -80,6 +80,9 @@ def test_cli_serves_files_on_a_running_clock_and_takes_fault_commands(
         assert (ib.reqCurrentTime() - first).total_seconds() >= 5  # 30× real time
         bars = ib.reqHistoricalData(Stock("AAPL", "SMART", "USD"), "", "1 D", "1 min", "TRADES", True)
         assert bars[0].date.strftime("%H:%M") == "09:30"
+        assert command("pacing-hist 1 AAPL") == "ok"
+        assert not ib.reqHistoricalData(Stock("AAPL", "SMART", "USD"), "", "600 S", "1 min", "TRADES", True)
+        assert errors[-1] == 162
         assert command("reject AAPL no shortable shares").startswith("ok")
         rejected = ib.placeOrder(Stock("AAPL", "SMART", "USD"), MarketOrder("SELL", 10))
         wait_until(ib, rejected.isDone)
