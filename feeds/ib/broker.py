@@ -21,7 +21,8 @@ How ``MLStrategy``'s orders map onto IB (the strategy code is the backtest's, un
   fills), so anything else in the account is left alone.
 - At start and after every re-sync :meth:`IBBroker.reconcile` replays today's executions (fills missed
   while disconnected or dead included), re-binds open orders by ``orderRef`` and reports anything it does
-  not recognise.
+  not recognise. Trades of ours the state store lost are adopted before :meth:`IBBroker.restore` by
+  :mod:`feeds.ib.adopt`.
 - ``dry_run``: every order is logged and cancelled at once; nothing is sent.
 """
 

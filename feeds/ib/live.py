@@ -24,6 +24,7 @@ import backtrader as bt
 from analyzers.live_reports import DecisionLog, daily_summary, exchange_day, format_summary, write_daily_summary
 from analyzers.notify import post_message
 from config.settings import AppConfig, bar_size_minutes
+from feeds.ib.adopt import Rules, adopt
 from feeds.ib.broker import IBBroker
 from feeds.ib.budget import RequestBudget
 from feeds.ib.feed import IBPollingFeed
@@ -78,6 +79,10 @@ class LiveHooks:
     def on_start(self, strategy: Any) -> None:
         """Restore risk state, cooldown clocks and open trades, then reconcile with IB."""
         self._strategy = strategy
+        if not self.broker.p.dry_run:  # trades the store lost (a deleted state folder) are adopted from IB first
+            rules = Rules(strategy.p.bar_minutes, strategy.p.flatten_minutes, strategy.p.cooldown_bars_after_stop,
+                          self.cfg.data.calendar)
+            adopt(self.session, self.state, self.cfg.live.strategy_id, [d._name for d in strategy.datas], rules)
         risk = self.state.get_value("risk")
         if risk is not None:
             strategy.risk = rk.RiskState.from_dict(risk)

@@ -10,6 +10,7 @@ import logging
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from config.settings import AppConfig, load_config
+from feeds.ib import mapping as mp
 from feeds.ib.feed import BarPoller
 from feeds.ib.live import LiveRun, build_live, state_path
 from feeds.ib.safety import KillSwitch
@@ -155,6 +157,32 @@ class LiveDriver:
     def close(self) -> None:
         self.session.disconnect()
         self.state.close()
+
+
+Step = Callable[[int, LiveDriver], None]  # LiveDriver.before_step: (bar index, driver)
+
+
+def assert_books_match(driver: LiveDriver, sim: IBSim) -> None:
+    """Our books equal the simulator's: no ``orderRef`` sent twice, every execution recorded once, positions
+    (broker and strategy book) equal, and the persisted risk state is the strategy's."""
+    refs = [o.orderRef for o in sim.orders()]
+    assert len(refs) == len(set(refs)), Counter(refs).most_common(3)
+    assert all(mp.parse_order_ref(r, "mlx") for r in refs)
+    assert {e.execId for e in sim.fills()} == {f["exec_id"] for f in driver.state.fills()}
+    for d in driver.strategy.datas:
+        theirs = sim.positions().get(d._name)
+        assert driver.run.broker.getposition(d).size == (theirs.qty if theirs else 0.0), d._name
+        book = driver.strategy.books[d._name]
+        assert book.size == (theirs.qty if theirs else 0.0), d._name
+    assert driver.state.get_value("risk") == driver.strategy.risk.to_dict()
+
+
+def open_symbol(driver: LiveDriver) -> str | None:
+    """Return a symbol with an open position whose stop is bound, if any."""
+    for d in driver.strategy.datas:
+        if driver.strategy.books[d._name].size > 0 and driver.strategy.books[d._name].stop is not None:
+            return d._name
+    return None
 
 
 def sim_start(day: str, hhmm: str) -> datetime:

@@ -4,7 +4,6 @@ sent twice and every execution recorded exactly once."""
 from __future__ import annotations
 
 import itertools
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,27 +11,12 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from feeds.ib import mapping as mp
 from feeds.ib.feed import BarPoller
 from ibsim import IBSim, SimConfig
 from tests.integration import live_support as ls
 
 DAY = "2024-01-08"
-Step = Callable[[int, ls.LiveDriver], None]
-
-
-def _assert_consistent(driver: ls.LiveDriver, sim: IBSim) -> None:
-    refs = [o.orderRef for o in sim.orders()]
-    assert len(refs) == len(set(refs)), Counter(refs).most_common(3)
-    assert all(mp.parse_order_ref(r, "mlx") for r in refs)
-    assert {e.execId for e in sim.fills()} == {f["exec_id"] for f in driver.state.fills()}
-    for d in driver.strategy.datas:
-        theirs = sim.positions().get(d._name)
-        assert driver.run.broker.getposition(d).size == (theirs.qty if theirs else 0.0), d._name
-        book = driver.strategy.books[d._name]
-        assert book.size == (theirs.qty if theirs else 0.0), d._name
-    # the persisted risk state is the strategy's
-    assert driver.state.get_value("risk") == driver.strategy.risk.to_dict()
+Step = ls.Step
 
 
 def _run(tmp_path: Path, step: Step, bars: int = 24, start: str = "14:40", *extra: str) -> tuple[Any, IBSim]:
@@ -44,18 +28,11 @@ def _run(tmp_path: Path, step: Step, bars: int = 24, start: str = "14:40", *extr
     return driver, sim
 
 
-def _open_symbol(driver: ls.LiveDriver) -> str | None:
-    for d in driver.strategy.datas:
-        if driver.strategy.books[d._name].size > 0 and driver.strategy.books[d._name].stop is not None:
-            return d._name
-    return None
-
-
 def _once_with_position(action: Callable[[ls.LiveDriver, str], None]) -> tuple[Step, dict[str, Any]]:
     done: dict[str, Any] = {}
 
     def step(i: int, driver: ls.LiveDriver) -> None:
-        sym = _open_symbol(driver)
+        sym = ls.open_symbol(driver)
         if not done and sym is not None:
             done["symbol"], done["step"] = sym, i
             action(driver, sym)
@@ -68,7 +45,7 @@ def test_socket_drop_with_a_position_open_reconnects_and_keeps_the_books(tmp_pat
     driver, sim = _run(tmp_path, step)
     assert done
     assert driver.session.reconnects >= 1
-    _assert_consistent(driver, sim)
+    ls.assert_books_match(driver, sim)
     driver.close()
     sim.stop()
 
@@ -78,7 +55,7 @@ def test_gateway_restart_down_for_a_while(tmp_path: Path) -> None:
     driver, sim = _run(tmp_path, step)
     assert done
     assert driver.session.reconnects >= 1
-    _assert_consistent(driver, sim)
+    ls.assert_books_match(driver, sim)
     driver.close()
     sim.stop()
 
@@ -96,7 +73,7 @@ def test_fill_while_disconnected_is_applied_after_the_reconnect(tmp_path: Path) 
     stops = [t for t in driver.state.trades(DAY) if t["symbol"] == sym and t["exit_reason"] == "STOP"]
     assert stops, driver.state.trades(DAY)
     assert any(f["order_ref"].endswith(":stop") for f in driver.state.fills() if f["symbol"] == sym)
-    _assert_consistent(driver, sim)
+    ls.assert_books_match(driver, sim)
     driver.close()
     sim.stop()
 
@@ -117,7 +94,7 @@ def test_1100_then_1102_pauses_entries_and_resyncs(tmp_path: Path) -> None:
     assert seen["paused"]
     assert seen["paused_seen"]
     assert not driver.session.entries_paused
-    _assert_consistent(driver, sim)
+    ls.assert_books_match(driver, sim)
     driver.close()
     sim.stop()
 
@@ -141,7 +118,7 @@ def test_pacing_error_162_backs_off_then_backfills_every_bar_once_and_keeps_the_
                                   strict=True) if r["decision"] == "LATE"]
         assert len(late) == 3, (sym, late)  # the three bars missed live, backfilled in one request
         assert times[-1] - late[-1] >= pd.Timedelta(minutes=5), sym  # and trading went on after the outage
-    _assert_consistent(driver, sim)
+    ls.assert_books_match(driver, sim)
     driver.close()
     sim.stop()
 
@@ -161,7 +138,7 @@ def test_rejected_order_is_an_order_event_and_trading_goes_on(tmp_path: Path) ->
         children = [c for c in sim.orders() if c.parentId == o.orderId]
         assert all(c.status == "Cancelled" for c in children)  # no orphan left working at IB
     assert any(o.status == "Filled" and o.orderRef.endswith(":entry") for o in sim.orders())
-    _assert_consistent(driver, sim)
+    ls.assert_books_match(driver, sim)
     driver.close()
     sim.stop()
 
