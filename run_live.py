@@ -145,6 +145,7 @@ def run(cfg: AppConfig, args: argparse.Namespace) -> int:
             sold = safety.flatten_all(session, state, cfg.live.strategy_id, session.clock)
             print(f"flattened: {sold or 'nothing of ours was open'}")
             return 0
+        session.qualify(cfg.data.symbols)  # a symbol IB does not know is named before a model is loaded
         model = obtain_model(cfg, train_if_missing=args.sim)
         until = datetime.strptime(args.until, "%Y-%m-%d %H:%M").replace(tzinfo=NY) if args.until else None
         kill = safety.KillSwitch(cfg.live.kill_switch_file, install_signal=True)

@@ -269,7 +269,7 @@ class IBBroker(bt.BrokerBase):
 
     # -- sending ----------------------------------------------------------------------------------
     def _contract(self, symbol: str) -> Stock:
-        return Stock(symbol, "SMART", "USD")
+        return self.session.contract(symbol)
 
     def _new_rec(self, ref: mp.OrderRef, data: Any, fields: dict[str, Any], **extra: Any) -> _Rec:
         ib_order = Order(orderId=self.ib.client.getReqId(), orderRef=str(ref), account=self.session.account,

@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from ib_async import Stock
 from tqdm import tqdm
 
 from config.settings import ConfigError, LiveConfig, bar_size_minutes, load_config
@@ -225,7 +224,8 @@ class Downloader:
         self.report = DownloadReport()
 
     def run(self, symbols: Sequence[str], bar_size: str, sessions: Sequence[pd.Timestamp]) -> DownloadReport:
-        """Download ``sessions`` of every symbol that the store lacks."""
+        """Download ``sessions`` of every symbol that the store lacks (an unknown symbol stops it first)."""
+        self.session.qualify(symbols, source="--symbols")
         plans: list[tuple[str, pd.DataFrame | None, set[str], list[Chunk]]] = []
         for symbol in symbols:
             existing, done = stored(self.store, symbol, bar_size)
@@ -292,7 +292,7 @@ class Downloader:
         ib = self.session.ib
         try:
             bars = self.session.run(ib.reqHistoricalDataAsync(
-                Stock(chunk.symbol, "SMART", "USD"), chunk.end, chunk.duration, key.bar_size, key.what_to_show,
+                self.session.contract(chunk.symbol), chunk.end, chunk.duration, key.bar_size, key.what_to_show,
                 key.use_rth, formatDate=2, timeout=self.session.cfg.request_timeout_seconds))
         except ConnectionError as exc:
             return [], (504, str(exc))

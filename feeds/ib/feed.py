@@ -41,7 +41,6 @@ import backtrader as bt
 import exchange_calendars as xcals
 import numpy as np
 import pandas as pd
-from ib_async import Stock
 
 from feeds.bars import minutes_to_close
 from feeds.ib.budget import RequestBudget, RequestKey
@@ -288,7 +287,7 @@ class BarPoller:
         ib = self.session.ib
         try:
             bars = await ib.reqHistoricalDataAsync(
-                Stock(key.symbol, key.exchange, "USD"), key.end, key.duration, key.bar_size, key.what_to_show,
+                self.session.contract(key.symbol), key.end, key.duration, key.bar_size, key.what_to_show,
                 key.use_rth, formatDate=2, timeout=self.session.cfg.request_timeout_seconds)
         except ConnectionError as exc:
             return _Answer(tracker, key, [], (504, str(exc)))

@@ -173,12 +173,20 @@ def build_live(cfg: AppConfig, session: IBSession, state: StateStore, model: Any
                kill_switch: KillSwitch | None = None, clock: Callable[[], datetime] | None = None,
                max_bars: int | None = None, until: datetime | None = None, symbols: list[str] | None = None,
                qcheck: float = 0.5) -> LiveRun:
-    """Return a live ``Cerebro`` on ``session`` (connected) with the same strategy and sizer as the backtest."""
+    """Return a live ``Cerebro`` on ``session`` (connected) with the same strategy and sizer as the backtest.
+
+    Raises
+    ------
+    ConfigError
+        A symbol IB has no single US stock for (see :meth:`~feeds.ib.session.IBSession.qualify`).
+    """
     bar_minutes = bar_size_minutes(cfg.data.bar_size)
     kwargs = {**strategy_params(cfg), "model": model}
     cerebro = bt.Cerebro(stdstats=False, runonce=False, preload=False, quicknotify=False, live=True)
     budget = RequestBudget.from_config(cfg.live)
-    for sym in symbols or list(cfg.data.symbols):
+    symbols = list(symbols or cfg.data.symbols)
+    session.qualify(symbols)  # a symbol IB does not know stops the start here, naming it
+    for sym in symbols:
         cerebro.adddata(IBPollingFeed(session=session, symbol=sym, bar_minutes=bar_minutes, budget=budget,
                                       clock=clock, exchange=cfg.data.calendar, qcheck=qcheck), name=sym)
     broker = IBBroker(  # type: ignore[call-arg]  # backtrader params are declared through a metaclass

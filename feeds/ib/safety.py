@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ib_async import MarketOrder, Stock
+from ib_async import MarketOrder
 
 from feeds.ib import mapping as mp
 from feeds.ib.errors import NeedsHumanError
@@ -131,7 +131,7 @@ def flatten_all(session: IBSession, state: StateStore, strategy_id: str, clock: 
         state.put_order(str(ref), symbol=symbol, trade_id=tid, role=mp.EXIT, action="SELL", quantity=qty,
                         order_type="MKT", price=None, ib_order_id=order.orderId)
         logger.warning("flatten: SELL %g %s at market (%s)", qty, symbol, ref)
-        ib.placeOrder(Stock(symbol, "SMART", "USD"), order)
+        ib.placeOrder(session.contract(symbol), order)
         sold[symbol] = qty
     waited = 0.0
     while our_positions(state, strategy_id) and waited < timeout:

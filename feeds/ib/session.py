@@ -21,13 +21,13 @@ import contextlib
 import logging
 import random
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ib_async import IB, util
+from ib_async import IB, Stock, util
 
-from config.settings import LiveConfig
+from config.settings import ConfigError, LiveConfig
 from feeds.ib.errors import ErrorKind, NeedsHumanError, TemporaryIBError, classify
 
 logger = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ class IBSession:
         self._connect_codes: list[tuple[int, str]] = []
         self._connecting = False
         self._req_errors: OrderedDict[int, tuple[int, str]] = OrderedDict()
+        self.contracts: dict[str, Stock] = {}
         self.ib.errorEvent += self._on_ib_error
         self.ib.disconnectedEvent += self._on_disconnected
 
@@ -193,6 +194,41 @@ class IBSession:
         self.reconnect_attempts = 0
         self.alerted = False
         self._drain()
+
+    def qualify(self, symbols: Iterable[str], source: str = "data.symbols") -> dict[str, Stock]:
+        """Look every symbol up at IB once (conId, primary exchange) and keep the contracts for all requests.
+
+        A symbol IB does not know as a US stock (error 200: a typo, a delisting) or knows several of is a
+        configuration error naming it, before anything is traded.
+
+        Parameters
+        ----------
+        symbols
+            Ticker symbols.
+        source
+            Where the symbols came from, for the error (a config key or a command-line option).
+
+        Raises
+        ------
+        ConfigError
+            Naming ``source`` and the symbols IB could not resolve to one contract.
+        """
+        wanted = [s for s in dict.fromkeys(symbols) if s not in self.contracts]
+        contracts = [Stock(s, "SMART", "USD") for s in wanted]
+        if contracts:
+            self.ib.qualifyContracts(*contracts)  # fills conId / primaryExchange in place
+        bad = [c.symbol for c in contracts if not c.conId]
+        if bad:
+            raise ConfigError(f"{source}: IB has no single US stock (SMART, USD) for {bad}; expected "
+                              f"ticker symbols as IB spells them (error 200 'No security definition', or ambiguous)")
+        for c in contracts:
+            self.contracts[c.symbol] = c
+            logger.info("contract %s: conId %d, primary exchange %s", c.symbol, c.conId, c.primaryExchange or "?")
+        return {s: self.contracts[s] for s in dict.fromkeys(symbols)}
+
+    def contract(self, symbol: str) -> Stock:
+        """Return ``symbol``'s qualified contract (a SMART-routed US stock when :meth:`qualify` was not run)."""
+        return self.contracts.get(symbol) or Stock(symbol, "SMART", "USD")
 
     def disconnect(self) -> None:
         """Disconnect on purpose (no reconnect follows)."""

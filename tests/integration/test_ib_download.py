@@ -134,4 +134,6 @@ def test_unknown_symbol_exits_2(strict_sim: IBSim, tmp_path: Path, capsys: pytes
     code = main(["--symbols", "NOPE", "--days", "1", "--port", str(strict_sim.port), "--store", str(tmp_path),
                  "--end", "2024-01-31", "--no-progress", "--quiet"])
     assert code == 2
-    assert "no security definition" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--symbols: IB has no single US stock (SMART, USD) for ['NOPE']" in err
+    assert "No security definition" in err

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from config.settings import LiveConfig
+from config.settings import ConfigError, LiveConfig
 from feeds.ib.errors import ErrorKind, NeedsHumanError, TemporaryIBError
 from feeds.ib.session import IBSession
 from ibsim import IBSim
@@ -150,3 +150,12 @@ def test_a_long_1100_raises_the_alert_too(session: IBSession, sim: IBSim) -> Non
     session.maintain()
     assert len(alerts) == 1
     assert "1100" in alerts[0]
+
+
+def test_qualify_looks_contracts_up_once_and_names_unknown_symbols(session: IBSession) -> None:
+    contracts = session.qualify(["AAPL", "MSFT"])
+    assert contracts["AAPL"].conId > 0
+    assert contracts["AAPL"].primaryExchange
+    assert session.contract("AAPL") is contracts["AAPL"]
+    with pytest.raises(ConfigError, match=r"--symbols: IB has no single US stock .* \['APPL'\]"):
+        session.qualify(["AAPL", "APPL"], source="--symbols")

@@ -35,6 +35,17 @@ def test_run_live_refuses_a_non_paper_account_with_exit_code_3(tmp_path: Path) -
         assert sim.orders() == []
 
 
+def test_run_live_names_a_symbol_ib_does_not_know_and_exits_2(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    with IBSim(ls.frames(5), start=ls.sim_start(DAY, "14:40"), config=SimConfig()) as sim:
+        argv = ["--quiet"]
+        for item in ls.live_overrides(tmp_path, f"live.port={sim.port}", "data.symbols=['SYNA', 'SYNAX']"):
+            argv += ["--set", item]
+        assert run_live.main(argv) == 2
+        assert sim.orders() == []
+    assert "data.symbols: IB has no single US stock (SMART, USD) for ['SYNAX']" in caplog.text
+
+
 def test_dry_run_logs_decisions_and_sends_nothing(tmp_path: Path) -> None:
     with IBSim(ls.frames(5), start=ls.sim_start(DAY, "14:40"),
                config=SimConfig(initialCash=ls.STARTING_CASH)) as sim:
