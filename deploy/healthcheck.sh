@@ -8,6 +8,9 @@
 #            09:30-16:00 New York); HC_BAR_CHECK=always|never overrides that
 #   process  the trader is alive: systemd unit HC_UNIT (e.g. trader.service) when set, else the pid in
 #            RUN_DIR/trader.pid (written by trader-tmux.sh)
+#   heartbeat the trader's loop is turning and connected to IB: the newest STATE_DIR/heartbeat-*.json
+#            (rewritten by run_live.py every 10 s, market open or not) is less than HC_MAX_HEARTBEAT_AGE
+#            seconds old (default 120) and does not say "connected": false
 #
 #   deploy/healthcheck.sh                 run every check
 #   deploy/healthcheck.sh wait-port [S]   wait up to S seconds (default 600) for the API port (trader.service)
@@ -30,6 +33,7 @@ GATEWAY_PORT=${GATEWAY_PORT:-4002}
 HC_MAX_BAR_AGE=${HC_MAX_BAR_AGE:-300}
 HC_BAR_CHECK=${HC_BAR_CHECK:-auto}
 HC_UNIT=${HC_UNIT:-}
+HC_MAX_HEARTBEAT_AGE=${HC_MAX_HEARTBEAT_AGE:-120}
 
 FAILED=()
 
@@ -122,6 +126,25 @@ check_process() {
     fi
 }
 
+check_heartbeat() {
+    local newest age since
+    newest=$(find "$STATE_DIR" -maxdepth 1 -name 'heartbeat-*.json' -printf '%T@ %p\n' 2>/dev/null |
+        sort -n | tail -n 1 | cut -d' ' -f2-)
+    if [[ -z $newest ]]; then
+        fail heartbeat "no heartbeat-*.json in $STATE_DIR: the trader's loop has not started"
+        return 0
+    fi
+    age=$(($(date +%s) - $(stat -c %Y "$newest")))
+    if ((age > HC_MAX_HEARTBEAT_AGE)); then
+        fail heartbeat "$(basename "$newest") is ${age}s old, more than ${HC_MAX_HEARTBEAT_AGE}s: the trader's loop is stuck"
+    elif grep -q '"connected": false' "$newest"; then
+        since=$(sed -n 's/.*"down_since": "\([^"]*\)".*/\1/p' "$newest")
+        fail heartbeat "the trader reports IB disconnected${since:+ since $since} (it keeps reconnecting)"
+    else
+        ok heartbeat "${age}s ago, IB connected ($(basename "$newest"))"
+    fi
+}
+
 main() {
     case ${1:-check} in
         wait-port)
@@ -137,6 +160,7 @@ main() {
             check_port
             check_bar
             check_process
+            check_heartbeat
             if ((${#FAILED[@]})); then
                 echo "UNHEALTHY: ${FAILED[*]}"
                 return 1
@@ -144,7 +168,7 @@ main() {
             echo "HEALTHY"
             ;;
         *)
-            sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
             return 2
             ;;
     esac

@@ -218,6 +218,7 @@ class BarPoller:
         self.requests = 0
         self.pacing_errors = 0
         self.last_cycle_requests = 0
+        self.on_service: list[Callable[[], None]] = []  # called on every pass of the engine's loop (heartbeat)
         session.on_resync.append(self.backfill)
 
     @classmethod
@@ -249,6 +250,8 @@ class BarPoller:
 
     def service(self) -> int:
         """Keep the session up and run one poll cycle if any symbol is due; return the bars queued."""
+        for callback in self.on_service:
+            callback()
         if not self.session.maintain():
             return 0
         now = self.clock()

@@ -12,22 +12,25 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import backtrader as bt
 
+from analyzers.io import atomic_write_json
 from analyzers.live_reports import DecisionLog, daily_summary, exchange_day, format_summary, write_daily_summary
 from analyzers.notify import post_message
 from config.settings import AppConfig, bar_size_minutes
 from feeds.ib.adopt import Rules, adopt
 from feeds.ib.broker import IBBroker
 from feeds.ib.budget import RequestBudget
-from feeds.ib.feed import IBPollingFeed
+from feeds.ib.feed import BarPoller, IBPollingFeed
 from feeds.ib.safety import KillSwitch
 from feeds.ib.session import IBSession
 from feeds.ib.state import StateStore
@@ -149,6 +152,57 @@ class LiveHooks:
 
 
 @dataclass
+class Heartbeat:
+    """``heartbeat-<strategy_id>.json`` in the state folder: the engine's vital signs for the health check.
+
+    It is rewritten atomically from the engine's main loop (every pass of the poller), at most every
+    ``interval`` seconds of wall time, so a hung loop stops it even while the process is alive and the market is
+    closed. ``deploy/healthcheck.sh`` fails when it is older than ``HC_MAX_HEARTBEAT_AGE`` or says IB is
+    disconnected.
+    """
+
+    path: Path
+    session: IBSession
+    hooks: LiveHooks
+    feeds: list[Any]
+    interval: float = 10.0
+    _last: float = -math.inf
+
+    def __call__(self) -> None:
+        """Write the heartbeat if ``interval`` has passed since the last one."""
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            return
+        self._last = now
+        try:
+            atomic_write_json(self.path, self.snapshot())
+        except OSError as exc:  # a full disk must not stop trading; the health check will notice
+            logger.error("heartbeat %s not written: %s", self.path, exc)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Return the heartbeat's content."""
+        session, hooks = self.session, self.hooks
+        last = hooks._last_live
+        return {
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            "clock": session.now().isoformat(timespec="seconds"),
+            "pid": os.getpid(),
+            "connected": session.connected,
+            "entries_paused": session.entries_paused,
+            "down_since": None if session.down_since is None else session.down_since.isoformat(timespec="seconds"),
+            "kill_switch": hooks.kill_switch.active,
+            "live_bars": hooks.live_bars,
+            "last_bar": None if not math.isfinite(last) else bt.num2date(last).replace(tzinfo=UTC).isoformat(),
+            "feeds": {d._name: d._getstatusname(d._laststatus) for d in self.feeds},
+        }
+
+
+def heartbeat_path(cfg: AppConfig) -> Path:
+    """Return the heartbeat file of ``cfg``'s strategy."""
+    return Path(cfg.live.state_dir) / f"heartbeat-{cfg.live.strategy_id}.json"
+
+
+@dataclass
 class LiveRun:
     """What :func:`build_live` wires: cerebro, broker, hooks and the decision log."""
 
@@ -198,6 +252,8 @@ def build_live(cfg: AppConfig, session: IBSession, state: StateStore, model: Any
     alert_to_webhook(session, cfg)
     hooks = LiveHooks(broker, state, session, kill_switch or KillSwitch(cfg.live.kill_switch_file), cfg,
                       max_bars=max_bars, until=until)
+    poller = BarPoller.for_session(session, budget)
+    poller.on_service.append(Heartbeat(heartbeat_path(cfg), session, hooks, list(cerebro.datas)))
     decisions = DecisionLog(cfg.live.log_dir)
     cerebro.addstrategy(MLStrategy, **kwargs, decision_sink=decisions, entry_gate=hooks.entry_gate,
                         on_start=hooks.on_start, on_bar=hooks.on_bar)

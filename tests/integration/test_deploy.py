@@ -219,10 +219,19 @@ def listener() -> Iterator[int]:
     srv.close()
 
 
-def _health(tmp: Path, port: int, pid: int | None, bar_age: float | None, *args: str) -> tuple[int, str]:
-    logs, run = tmp / "logs", tmp / "run"
+def _health(tmp: Path, port: int, pid: int | None, bar_age: float | None, *args: str,
+            heartbeat_age: float | None = 5, connected: bool = True) -> tuple[int, str]:
+    logs, run, state = tmp / "logs", tmp / "run", tmp / "state"
     logs.mkdir(exist_ok=True)
     run.mkdir(exist_ok=True)
+    state.mkdir(exist_ok=True)
+    beat = state / "heartbeat-mlx.json"
+    beat.unlink(missing_ok=True)
+    if heartbeat_age is not None:
+        down = "null" if connected else '"2024-03-01T15:00:00+00:00"'
+        beat.write_text(f'{{\n  "connected": {str(connected).lower()},\n  "down_since": {down}\n}}\n')
+        t = time.time() - heartbeat_age
+        os.utime(beat, (t, t))
     for f in logs.glob("decisions-*"):
         f.unlink()
     if bar_age is not None:
@@ -235,7 +244,7 @@ def _health(tmp: Path, port: int, pid: int | None, bar_age: float | None, *args:
     if pid is not None:
         pid_file.write_text(f"{pid}\n")
     env = {**os.environ, "TRADER_ENV_FILE": "/dev/null", "LOG_DIR": str(logs), "RUN_DIR": str(run),
-           "GATEWAY_PORT": str(port), "HC_BAR_CHECK": "always", "HC_MAX_BAR_AGE": "120"}
+           "STATE_DIR": str(state), "GATEWAY_PORT": str(port), "HC_BAR_CHECK": "always", "HC_MAX_BAR_AGE": "120"}
     out = subprocess.run(["bash", str(DEPLOY / "healthcheck.sh"), *args], env=env, capture_output=True, text=True,
                          check=False, timeout=30)
     return out.returncode, out.stdout + out.stderr
@@ -292,10 +301,25 @@ def test_healthcheck_reports_a_dead_trader(tmp_path: Path, listener: int) -> Non
     assert "FAIL process: no" in out
 
 
+def test_healthcheck_reports_a_stuck_trader_loop_and_an_ib_disconnection(tmp_path: Path, listener: int,
+                                                                         alive_pid: int) -> None:
+    rc, out = _health(tmp_path, listener, alive_pid, bar_age=10, heartbeat_age=600)
+    assert rc == 1
+    assert "FAIL heartbeat: heartbeat-mlx.json is 600s old" in out
+    assert "UNHEALTHY: heartbeat" in out
+    rc, out = _health(tmp_path, listener, alive_pid, bar_age=10, connected=False)
+    assert rc == 1
+    assert "FAIL heartbeat: the trader reports IB disconnected since 2024-03-01T15:00:00+00:00" in out
+    rc, out = _health(tmp_path, listener, alive_pid, bar_age=10, heartbeat_age=None)
+    assert rc == 1
+    assert "FAIL heartbeat: no heartbeat" in out
+
+
 def test_healthcheck_bar_check_can_be_turned_off(tmp_path: Path, listener: int, alive_pid: int) -> None:
     assert _health(tmp_path, listener, alive_pid, bar_age=10_000)[0] == 1
     env = {**os.environ, "TRADER_ENV_FILE": "/dev/null", "LOG_DIR": str(tmp_path / "logs"),
-           "RUN_DIR": str(tmp_path / "run"), "GATEWAY_PORT": str(listener), "HC_BAR_CHECK": "never"}
+           "RUN_DIR": str(tmp_path / "run"), "STATE_DIR": str(tmp_path / "state"), "GATEWAY_PORT": str(listener),
+           "HC_BAR_CHECK": "never"}
     out = subprocess.run(["bash", str(DEPLOY / "healthcheck.sh")], env=env, capture_output=True, text=True,
                          check=False, timeout=30)
     assert out.returncode == 0, out.stdout
@@ -376,6 +400,10 @@ def test_tmux_launcher_runs_ibsim_and_run_live_trades_then_stops_cleanly(tmp_pat
         assert "waiting up to 60s for the gateway API" in trader_pane
         assert "paper trading SYNA, SYNB, SYNC" in trader_pane
         assert "ENTER" in (tmp_path / "logs" / "live.log").read_text()
+        health = subprocess.run(["bash", str(DEPLOY / "healthcheck.sh")], env={**env, "HC_BAR_CHECK": "never"},
+                                capture_output=True, text=True, check=False, timeout=30)
+        assert health.returncode == 0, health.stdout  # the running trader's heartbeat says IB is connected
+        assert "OK   heartbeat:" in health.stdout
 
         stopped = _tmux(env, "stop")
         assert stopped.returncode == 0, stopped.stderr

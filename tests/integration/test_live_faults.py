@@ -4,6 +4,7 @@ sent twice and every execution recorded exactly once."""
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pandas as pd
 import pytest
 
 from feeds.ib.feed import BarPoller
+from feeds.ib.live import heartbeat_path
 from ibsim import IBSim, SimConfig
 from tests.integration import live_support as ls
 
@@ -87,13 +89,22 @@ def test_1100_then_1102_pauses_entries_and_resyncs(tmp_path: Path) -> None:
             seen["paused"] = True
         elif i == 7:
             seen["paused_seen"] = driver.session.entries_paused
+            seen["beat"] = BarPoller.for_session(driver.session).on_service[0].snapshot()
         elif i == 8:
             driver.sim.restoreConnectivity()
 
     driver, sim = _run(tmp_path, step)
     assert seen["paused"]
     assert seen["paused_seen"]
+    assert seen["beat"]["entries_paused"]
     assert not driver.session.entries_paused
+    beat = json.loads(heartbeat_path(driver.cfg).read_text())  # written from the engine's loop
+    assert beat["connected"]
+    assert set(beat["feeds"]) == set(ls.SYMBOLS)
+    now = BarPoller.for_session(driver.session).on_service[0].snapshot()
+    assert not now["entries_paused"]
+    assert set(now["feeds"].values()) == {"LIVE"}
+    assert now["last_bar"] is not None
     ls.assert_books_match(driver, sim)
     driver.close()
     sim.stop()
