@@ -291,6 +291,10 @@ def _risk(state: StateStore, adopter: Adopter, closed: list[dict[str, Any]], ope
                     if v.tag == mp.TAG_VALUE and v.currency in {"USD", "BASE"}), math.nan)
     realized = sum(float(t["pnl"]) for t in closed)
     risk = rk.RiskState(session=today, start_equity=net_liq - realized - open_pnl, realized_pnl=realized)
+    if not math.isfinite(net_liq):  # no account values yet: the first bar starts the day at the equity it sees
+        logger.warning("no NetLiquidation from IB: today's start equity cannot be rebuilt; the daily loss stop "
+                       "counts from the first bar")
+        risk.session = -1
     last_bar_time = dict(state.get_value("last_bar_time", {}))
     for trade in sorted(closed, key=lambda t: t["exit_time"]):  # the symbol's last STOP counts
         left = adopter.cooldown_left(trade)
