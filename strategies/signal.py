@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+from array import array
 
 import backtrader as bt
 import numpy as np
@@ -30,6 +31,18 @@ def _frame_from_lines(data: bt.feed.DataBase, start: int, end: int) -> pd.DataFr
     arr = {name: np.asarray(getattr(data.lines, name).array[start:end], dtype="float64")
            for name in ("open", "high", "low", "close", "volume")}
     return pd.DataFrame(arr, index=from_bt_num(data.lines.datetime.array[start:end]))
+
+
+def _fill(dst: array[float], values: np.ndarray, start: int, end: int) -> None:
+    """Copy ``values[start:end]`` into the line buffer ``dst`` at the same positions, in one step.
+
+    ``once()`` only runs with ``runonce`` (never with ``exactbars``), where backtrader's line buffers are
+    ``array('d')`` already extended to the full length; float64 → C double keeps every value bit for bit.
+    """
+    chunk = np.ascontiguousarray(values[start:end], dtype="float64")
+    if len(chunk) != end - start:  # a slice assignment would resize the buffer instead of failing
+        raise IndexError(f"p_up values cover {len(values)} bars, the feed has {end}")
+    dst[start:end] = array("d", chunk.tobytes())
 
 
 class MLSignal(bt.Indicator):
@@ -77,9 +90,7 @@ class MLSignal(bt.Indicator):
         ok = usable_rows(feats)
         if ok.any():
             out[ok] = self.p.model.predict_p_up(feats[ok])
-        dst = self.lines.p_up.array
-        for i in range(start, end):
-            dst[i] = out[i]
+        _fill(self.lines.p_up.array, out, start, end)
 
 
 class SeriesSignal(bt.Indicator):
@@ -103,6 +114,4 @@ class SeriesSignal(bt.Indicator):
 
     def once(self, start: int, end: int) -> None:
         """Copy the whole series."""
-        dst = self.lines.p_up.array
-        for i in range(start, end):
-            dst[i] = self._values[i]
+        _fill(self.lines.p_up.array, self._values, start, end)

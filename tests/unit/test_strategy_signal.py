@@ -126,3 +126,12 @@ def test_series_signal_replays_the_series_in_every_mode(bars: pd.DataFrame, mode
 
     # Assert
     assert np.array_equal(values, series.to_numpy())
+
+
+def test_series_signal_shorter_than_the_feed_is_an_error(bars: pd.DataFrame) -> None:
+    # Arrange
+    series = pd.Series(np.zeros(len(bars) - 1))
+
+    # Act / Assert
+    with pytest.raises(IndexError):
+        _record(bars, lambda d: SeriesSignal(d, series=series), True, True)
