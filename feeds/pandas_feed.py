@@ -55,6 +55,7 @@ class BarFrameFeed(bt.feed.DataBase):
 
     lines = ("mtc", "session")
     params = (("frame", None), ("bar_minutes", 1), ("exchange", "XNYS"))
+    _fast_lines: tuple[bt.LineBuffer, ...] | None = None  # every line buffer, once preloaded in one step
 
     def start(self) -> None:
         """Convert the frame to per-line Python lists once."""
@@ -74,6 +75,7 @@ class BarFrameFeed(bt.feed.DataBase):
         self._cols: list[list[float]] | None = None
         self._pos = 0
         self._n = len(frame)
+        self._fast_lines = None
 
     def preload(self) -> None:
         """Fill every line buffer at once (same result as backtrader's bar-by-bar preload, much faster)."""
@@ -86,7 +88,35 @@ class BarFrameFeed(bt.feed.DataBase):
             getattr(self.lines, name).array = buf
         self._arrays = {}  # the line buffers hold the bars now; _load is never called after this
         self._pos = self._n
+        buffers = tuple(self.lines.lines)
+        # unbounded buffers (no exactbars, which turns preload off anyway) have a plain idx setter
+        if all(b.mode == bt.LineBuffer.UnBounded for b in buffers):
+            self._fast_lines = buffers
         self.home()
+
+    # backtrader calls the three methods below for every feed on every bar (and len() many times more); they
+    # do what LineSeries/DataBase do, minus the proxy calls and, after the one-step preload, the no-op ticks.
+    def __len__(self) -> int:
+        """Return the number of bars delivered so far (``LineSeries.__len__`` without two proxy calls)."""
+        return int(self.lines.lines[0].lencount)
+
+    def advance_peek(self) -> float:
+        """Return the next bar's datetime, or ``inf`` when none is left (as ``DataBase.advance_peek``)."""
+        first = self.lines.lines[0]
+        if first.lencount < len(first.array) - first.extension:
+            dt = self.lines.datetime
+            return float(dt.array[dt.idx + 1])
+        return float("inf")
+
+    def advance(self, size: int = 1, datamaster: bt.feed.DataBase | None = None, ticks: bool = True) -> None:
+        """Move every line on by ``size`` bars (``DataBase.advance`` without its no-op tick calls)."""
+        lines = self._fast_lines if datamaster is None else None
+        if lines is None:
+            super().advance(size, datamaster, ticks)
+            return
+        for line in lines:
+            line._idx += size
+            line.lencount += size
 
     def _tick_nullify(self) -> None:
         """Skip: ``tick_*`` prices serve replay/resampling only; the broker then uses the bar's values."""
