@@ -60,6 +60,19 @@ class Book:
         return self.entry_ref is not None or self.size > 0
 
 
+class _FeedLines:
+    """One feed with the line buffers the bar loop reads, looked up once (not through backtrader's proxies)."""
+
+    __slots__ = ("data", "mtc", "name", "p_up", "session")
+
+    def __init__(self, data: bt.feed.DataBase, signal: bt.Indicator) -> None:
+        self.data = data
+        self.name: str = data._name
+        self.mtc = data.lines.mtc
+        self.session = data.lines.session
+        self.p_up = signal.lines.p_up
+
+
 def strategy_params(cfg: Any) -> dict[str, Any]:
     """Map an :class:`config.settings.AppConfig` onto ``MLStrategy`` parameters (model not included)."""
     s, r = cfg.strategy, cfg.risk
@@ -144,6 +157,8 @@ class MLStrategy(bt.Strategy):
         self._gate: Callable[[str], str | None] | None = self.p.entry_gate
         self.last_bar_time: dict[str, float] = {}
         self.restored_bars_held: dict[str, int] = {}
+        self._feeds = [_FeedLines(d, self.signals[d._name]) for d in self.datas]
+        self._hooked = self.p.on_start is not None or self.p.on_bar is not None
 
     def start(self) -> None:
         """Let a live run restore its books and risk state (``on_start``)."""
@@ -158,20 +173,21 @@ class MLStrategy(bt.Strategy):
     def next(self) -> None:
         """Make one decision per symbol that has a new bar."""
         seen = self._seen
-        fresh = [d for d in self.datas if (n := len(d)) and n != seen[d._name]]
+        fresh = [f for f in self._feeds if (n := len(f.data)) and n != seen[f.name]]
         if not fresh:
             return
-        if self.p.on_start is not None or self.p.on_bar is not None:
+        if self._hooked:
             fresh = self._live_bars(fresh)
         if fresh:
             self._decide(fresh)
         if self.p.on_bar is not None:
             self.p.on_bar(self)
 
-    def _live_bars(self, fresh: list[bt.feed.DataBase]) -> list[bt.feed.DataBase]:
+    def _live_bars(self, fresh: list[_FeedLines]) -> list[_FeedLines]:
         """Skip historical bars (running cooldowns on for bars after ``last_bar_time``); resolve restored books."""
         live = []
-        for d in fresh:
+        for f in fresh:
+            d = f.data
             name, now = d._name, d.datetime[0]
             book = self.books[name]
             if book.size > 0 and book.entry_bar == 0 and book.entry_time is not None \
@@ -187,29 +203,33 @@ class MLStrategy(bt.Strategy):
             if book.size > 0 and book.entry_bar == 0:  # entry bar older than the history: use the stored count
                 book.entry_bar = len(d) - self.restored_bars_held.get(name, 0)
             self.last_bar_time[name] = now
-            live.append(d)
+            live.append(f)
         return live
 
-    def _decide(self, fresh: list[bt.feed.DataBase]) -> None:
+    def _decide(self, fresh: list[_FeedLines]) -> None:
         equity = self.broker.getvalue()
-        session = max(int(d.session[0]) for d in fresh)
-        start_equity = self._last_equity if math.isfinite(self._last_equity) else equity
-        self.risk.roll_session(session, start_equity)
-        for d in fresh:
-            name = d._name
-            self._seen[name] = len(d)
-            self._manage_exit(d)
-            self._consider_entry(d, equity)
-            self.risk.tick_cooldown(name)
+        session = max([int(f.session[0]) for f in fresh])
+        risk = self.risk
+        if session != risk.session:
+            risk.roll_session(session, self._last_equity if math.isfinite(self._last_equity) else equity)
+        seen, books = self._seen, self.books
+        for f in fresh:
+            d = f.data
+            seen[f.name] = len(d)
+            book = books[f.name]
+            if book.size > 0 and book.exit_ref is None:
+                self._manage_exit(f, book)
+            self._consider_entry(f, equity)
+            if risk.cooldowns:
+                risk.tick_cooldown(f.name)
         # nothing fills inside next(): the value seen at the start of the bar is the bar's value
         self._last_equity = equity
 
-    def _manage_exit(self, d: bt.feed.DataBase) -> None:
-        book = self.books[d._name]
-        if book.size <= 0 or book.exit_ref is not None:
-            return
+    def _manage_exit(self, f: _FeedLines, book: Book) -> None:
+        """Submit the time exit (EOD or TIMEOUT) of an open position that has no exit working yet."""
+        d = f.data
         held = len(d) - book.entry_bar + 1
-        if d.mtc[0] <= self.p.flatten_minutes:
+        if f.mtc[0] <= self.p.flatten_minutes:
             reason = EOD
         elif held >= self.p.max_hold_bars:
             reason = TIMEOUT
@@ -222,26 +242,27 @@ class MLStrategy(bt.Strategy):
         book.exit_ref, book.exit_reason = order.ref, reason
         logger.debug("%s %s exit submitted after %d bars (ref %d)", d._name, reason, held, order.ref)
 
-    def _consider_entry(self, d: bt.feed.DataBase, equity: float) -> None:
-        name = d._name
-        p_up = float(self.signals[name].p_up[0])
+    def _consider_entry(self, f: _FeedLines, equity: float) -> None:
+        d, name = f.data, f.name
+        p_up = float(f.p_up[0])
         book = self.books[name]
         reason: str | None = None
-        if book.busy:
+        if book.entry_ref is not None or book.size > 0:  # Book.busy, inlined: this runs on every bar
             decision = rk.HOLD
         elif len(d) < WARMUP_BARS or math.isnan(p_up):
             decision = rk.WARMUP
         elif p_up < self.p.p_up_entry_threshold:
             decision = rk.NO_SIGNAL
         else:
-            ctx = rk.EntryContext(name, d.mtc[0], equity, self._open_count(), self.risk)
+            ctx = rk.EntryContext(name, f.mtc[0], equity, self._open_count(), self.risk)
             gate = self._gate(name) if self._gate is not None else None
             reason = gate or rk.first_block(self.rules, ctx) or self._enter(d, p_up)
             decision = rk.ENTER if reason is None else "BLOCKED"
             if reason is not None:
                 self.risk.blocked[reason] += 1
                 self.blocked_log[(self.risk.session, reason)] += 1
-        self._log_decision(d, p_up, decision, reason)
+        if self._sink is not None:
+            self._log_decision(d, p_up, decision, reason)
 
     def _log_decision(self, d: bt.feed.DataBase, p_up: float, decision: str, reason: str | None) -> None:
         if self._sink is not None:
