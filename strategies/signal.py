@@ -45,7 +45,21 @@ def _fill(dst: array[float], values: np.ndarray, start: int, end: int) -> None:
     dst[start:end] = array("d", chunk.tobytes())
 
 
-class MLSignal(bt.Indicator):
+class _SignalBase(bt.Indicator):
+    """``len`` and ``advance`` as backtrader's, without its proxy calls (the strategy calls both every bar)."""
+
+    def __len__(self) -> int:
+        return int(self.lines.lines[0].lencount)
+
+    def advance(self, size: int = 1) -> None:
+        """Move the lines on by ``size`` bars while they trail the clock (as ``Indicator.advance``)."""
+        lines = self.lines.lines
+        if lines[0].lencount < len(self._clock):
+            for line in lines:
+                line.advance(size)
+
+
+class MLSignal(_SignalBase):
     """Calibrated probability that an entry at the next bar's open ends with a positive net return.
 
     Parameters
@@ -93,7 +107,7 @@ class MLSignal(bt.Indicator):
         _fill(self.lines.p_up.array, out, start, end)
 
 
-class SeriesSignal(bt.Indicator):
+class SeriesSignal(_SignalBase):
     """A fixed ``p_up`` series in place of the model (studies, the differential test).
 
     Parameters
