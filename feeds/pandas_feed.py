@@ -58,8 +58,13 @@ class BarFrameFeed(bt.feed.DataBase):
     _fast_lines: tuple[bt.LineBuffer, ...] | None = None  # every line buffer, once preloaded in one step
 
     def start(self) -> None:
-        """Convert the frame to per-line Python lists once."""
+        """Convert the frame to numpy columns once; bind the line names as plain attributes."""
         super().start()
+        # The broker reads data.close/open/high/low for every position and working order on every bar; as
+        # instance attributes they skip LineSeries.__getattr__ and the Lines alias (same buffer objects).
+        for alias in self.lines.getlinealiases():
+            if not hasattr(type(self), alias):
+                setattr(self, alias, getattr(self.lines, alias))
         frame: pd.DataFrame = self.p.frame
         if frame is None or frame.empty:
             raise ValueError(f"feed {self._name!r}: no bars")
