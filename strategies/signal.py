@@ -96,8 +96,18 @@ class MLSignal(_SignalBase):
         with threadpool_limits(limits=1, user_api="openmp"):
             self.lines.p_up[0] = float(self.p.model.predict_p_up(row)[0])
 
+    def oncestart(self, start: int, end: int) -> None:
+        """Leave the first scored bar to :meth:`once` (backtrader's default would run a whole pass for it)."""
+
     def once(self, start: int, end: int) -> None:
-        """Predict every bar at once from the full preloaded series (the backtest path)."""
+        """Predict every bar at once from the full preloaded series (the backtest path).
+
+        The first scored bar (``oncestart``'s) is scored in the same batch: the features of a bar do not
+        depend on later bars, so its value is the one a pass cut after it gives.
+        """
+        start = min(start, self._minperiod - 1)
+        if start >= end:
+            return  # fewer bars than the warm-up: nothing to score
         frame = _frame_from_lines(self.data, 0, end)
         feats = compute_features(frame).to_numpy()
         out = np.full(end, np.nan)

@@ -111,6 +111,18 @@ def test_ml_signal_equals_the_bundle_on_full_history_features(bars: pd.DataFrame
     assert np.array_equal(values[WARMUP_BARS:], expected[WARMUP_BARS:])
 
 
+def test_ml_signal_on_a_feed_shorter_than_the_warm_up_scores_nothing(bars: pd.DataFrame,
+                                                                     bundle: ModelBundle) -> None:
+    # Act
+    values = {name: _record(bars.iloc[: WARMUP_BARS - 1], lambda d: MLSignal(d, model=bundle, bar_minutes=1),
+                            *mode) for name, mode in MODES.items()}
+
+    # Assert
+    for name, v in values.items():
+        assert len(v) == WARMUP_BARS - 1, name
+        assert np.isnan(v).all(), name
+
+
 def test_ml_signal_needs_a_model(bars: pd.DataFrame) -> None:
     with pytest.raises(ValueError, match="needs a model"):
         _record(bars.iloc[:100], lambda d: MLSignal(d, model=None), True, True)
