@@ -200,6 +200,9 @@ def run_job(job: Job) -> dict[str, Any]:
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
     if job.threads is not None:
+        # threadpoolctl limits only the native libraries loaded so far: load scikit-learn's OpenMP runtime
+        # (HistGradientBoosting fit/predict) first, or the backtest's predict_proba runs on every core.
+        import sklearn.ensemble  # noqa: F401, PLC0415
         from threadpoolctl import threadpool_limits  # noqa: PLC0415 - a scikit-learn dependency
 
         threadpool_limits(job.threads)
