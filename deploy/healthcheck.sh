@@ -38,6 +38,14 @@ HC_MAX_HEARTBEAT_AGE=${HC_MAX_HEARTBEAT_AGE:-120}
 FAILED=()
 
 ok() { echo "OK   $1: $2"; }
+
+# The most recently modified file matching GLOB directly in DIR (empty when none).
+newest_file() {
+    find "$1" -maxdepth 1 -name "$2" -printf '%T@ %p\n' 2>/dev/null | sort -n | tail -n 1 | cut -d' ' -f2-
+}
+
+# Seconds since FILE was last modified.
+age_of() { echo $(($(date +%s) - $(stat -c %Y "$1"))); }
 fail() {
     echo "FAIL $1: $2"
     FAILED+=("$1")
@@ -91,13 +99,12 @@ check_bar() {
             fi
             ;;
     esac
-    newest=$(find "$LOG_DIR" -maxdepth 1 -name 'decisions-*.jsonl' -printf '%T@ %p\n' 2>/dev/null |
-        sort -n | tail -n 1 | cut -d' ' -f2-)
+    newest=$(newest_file "$LOG_DIR" 'decisions-*.jsonl')
     if [[ -z $newest ]]; then
         fail bar "no decisions-*.jsonl in $LOG_DIR: no bar has arrived yet"
         return 0
     fi
-    age=$(($(date +%s) - $(stat -c %Y "$newest")))
+    age=$(age_of "$newest")
     if ((age > HC_MAX_BAR_AGE)); then
         fail bar "last bar ${age}s ago ($(basename "$newest")), more than ${HC_MAX_BAR_AGE}s: stale data feed"
     else
@@ -128,13 +135,12 @@ check_process() {
 
 check_heartbeat() {
     local newest age since
-    newest=$(find "$STATE_DIR" -maxdepth 1 -name 'heartbeat-*.json' -printf '%T@ %p\n' 2>/dev/null |
-        sort -n | tail -n 1 | cut -d' ' -f2-)
+    newest=$(newest_file "$STATE_DIR" 'heartbeat-*.json')
     if [[ -z $newest ]]; then
         fail heartbeat "no heartbeat-*.json in $STATE_DIR: the trader's loop has not started"
         return 0
     fi
-    age=$(($(date +%s) - $(stat -c %Y "$newest")))
+    age=$(age_of "$newest")
     if ((age > HC_MAX_HEARTBEAT_AGE)); then
         fail heartbeat "$(basename "$newest") is ${age}s old, more than ${HC_MAX_HEARTBEAT_AGE}s: the trader's loop is stuck"
     elif grep -q '"connected": false' "$newest"; then
