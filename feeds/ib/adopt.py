@@ -144,9 +144,10 @@ class Adopter:
         # the newest closed bar: everything up to it was processed before the store was lost
         self.last_bar = _bar_start(now, rules.bar_minutes) - self.bar
 
-    def unknown(self, found: Found, symbols: set[str]) -> bool:
-        """True when ``found`` is today's, in a traded symbol, and the store knows none of it."""
-        if found.trade_id[:8] != self.today or found.symbol not in symbols or found.symbol in self.state.books():
+    def unknown(self, found: Found, tradable: set[str]) -> bool:
+        """True when ``found`` is today's, in ``tradable`` (traded symbols with no stored book), and the store
+        knows none of its orders."""
+        if found.trade_id[:8] != self.today or found.symbol not in tradable:
             return False
         refs = {str(mp.OrderRef(self.strategy_id, found.symbol, found.trade_id, role)) for role in mp.ROLES}
         return all(self.state.order(r) is None for r in refs)
@@ -226,7 +227,7 @@ class Adopter:
 
 
 def adopt(session: IBSession, state: StateStore, strategy_id: str, symbols: Iterable[str], rules: Rules,
-          marks: dict[str, float] | None = None) -> Adoption:
+          equity: float, marks: dict[str, float] | None = None) -> Adoption:
     """Adopt today's trades of ours that IB knows and ``state`` does not; return what was adopted.
 
     Parameters
@@ -239,6 +240,8 @@ def adopt(session: IBSession, state: StateStore, strategy_id: str, symbols: Iter
         Whose orders, and the symbols this run trades.
     rules
         Bar size, flatten window and cooldown of the strategy.
+    equity
+        The account's net liquidation value now (the broker's ``getvalue()``; NaN when IB sent none).
     marks
         Current prices by symbol for today's open P&L (default: IB's portfolio prices).
     """
@@ -250,7 +253,8 @@ def adopt(session: IBSession, state: StateStore, strategy_id: str, symbols: Iter
     ib.reqExecutions()
     found = collect(ib.fills(), ib.reqAllOpenOrders(), strategy_id)
     adopter = Adopter(state, strategy_id, rules, session.now())
-    todo = [f for f in found.values() if adopter.unknown(f, set(symbols))]
+    tradable = set(symbols) - set(state.books())
+    todo = [f for f in found.values() if adopter.unknown(f, tradable)]
     if not todo:
         return done
     if marks is None:
@@ -272,7 +276,7 @@ def adopt(session: IBSession, state: StateStore, strategy_id: str, symbols: Iter
                                    .isoformat(), trade)
                 closed.append(trade)
                 done.closed_trades.append(f"{f.symbol}:{f.trade_id}:{trade['exit_reason']}")
-        done.risk = _risk(state, adopter, closed, open_pnl, session)
+        done.risk = _risk(state, adopter, closed, open_pnl, equity)
     logger.warning("state store lost these trades; adopted from IB by orderRef: open %s, closed today %s%s "
                    "(p_up at entry and blocked-entry counts are not recoverable)", done.open_trades or "none",
                    done.closed_trades or "none", "; risk state rebuilt" if done.risk else "")
@@ -280,15 +284,13 @@ def adopt(session: IBSession, state: StateStore, strategy_id: str, symbols: Iter
 
 
 def _risk(state: StateStore, adopter: Adopter, closed: list[dict[str, Any]], open_pnl: float,
-          session: IBSession) -> dict[str, Any] | None:
+          net_liq: float) -> dict[str, Any] | None:
     """Write today's risk state when the store has none for today; return it."""
     days, _ = session_keys(pd.DatetimeIndex([adopter.now]))
     today = int(days[0])
     stored = state.get_value("risk")
     if stored is not None and int(stored["session"]) == today:
         return None
-    net_liq = next((float(v.value) for v in session.ib.accountValues(session.account)
-                    if v.tag == mp.TAG_VALUE and v.currency in {"USD", "BASE"}), math.nan)
     realized = sum(float(t["pnl"]) for t in closed)
     risk = rk.RiskState(session=today, start_equity=net_liq - realized - open_pnl, realized_pnl=realized)
     if not math.isfinite(net_liq):  # no account values yet: the first bar starts the day at the equity it sees

@@ -85,7 +85,8 @@ class LiveHooks:
         if not self.broker.p.dry_run:  # trades the store lost (a deleted state folder) are adopted from IB first
             rules = Rules(strategy.p.bar_minutes, strategy.p.flatten_minutes, strategy.p.cooldown_bars_after_stop,
                           self.cfg.data.calendar)
-            adopt(self.session, self.state, self.cfg.live.strategy_id, [d._name for d in strategy.datas], rules)
+            adopt(self.session, self.state, self.cfg.live.strategy_id, [d._name for d in strategy.datas], rules,
+                  equity=self.broker.getvalue())
         risk = self.state.get_value("risk")
         if risk is not None:
             strategy.risk = rk.RiskState.from_dict(risk)
