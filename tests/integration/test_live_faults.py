@@ -42,18 +42,13 @@ def _once_with_position(action: Callable[[ls.LiveDriver, str], None]) -> tuple[S
     return step, done
 
 
-def test_socket_drop_with_a_position_open_reconnects_and_keeps_the_books(tmp_path: Path) -> None:
-    step, done = _once_with_position(lambda d, s: d.sim.dropConnections())
-    driver, sim = _run(tmp_path, step)
-    assert done
-    assert driver.session.reconnects >= 1
-    ls.assert_books_match(driver, sim)
-    driver.close()
-    sim.stop()
-
-
-def test_gateway_restart_down_for_a_while(tmp_path: Path) -> None:
-    step, done = _once_with_position(lambda d, s: d.sim.restart(downSeconds=1.0, wait=True))
+@pytest.mark.parametrize("fault", [
+    pytest.param(lambda d, s: d.sim.dropConnections(), id="socket_drop"),
+    pytest.param(lambda d, s: d.sim.restart(downSeconds=1.0, wait=True), id="gateway_restart_down_for_a_while"),
+])
+def test_connection_lost_with_a_position_open_reconnects_and_keeps_the_books(
+        tmp_path: Path, fault: Callable[[ls.LiveDriver, str], None]) -> None:
+    step, done = _once_with_position(fault)
     driver, sim = _run(tmp_path, step)
     assert done
     assert driver.session.reconnects >= 1
