@@ -42,7 +42,7 @@ case "$cmd" in
     lint)
         ensure_venv requirements-dev.txt
         "$VENV/bin/python" -m ruff check .
-        exec "$VENV/bin/python" -m mypy config feeds ml strategies analyzers ibsim benchmarks run_backtest.py run_live.py
+        exec "$VENV/bin/python" -m mypy core config feeds ml strategies analyzers ibsim benchmarks run_backtest.py run_live.py
         ;;
     *)
         sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'

@@ -16,21 +16,13 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
-from analyzers.io import atomic_write_json, atomic_write_text
+from core.calendar import EXCHANGE_TZ, exchange_day, to_utc
+from core.files import atomic_write_json, atomic_write_text
+from core.records import ExitReason
 
 logger = logging.getLogger(__name__)
 
-EXCHANGE_TZ = ZoneInfo("America/New_York")
-EXIT_REASONS = ("STOP", "TARGET", "TIMEOUT", "EOD")
-
-
-def exchange_day(t: datetime) -> str:
-    """Return the exchange-local date (``YYYY-MM-DD``) of a bar time (naive times are UTC)."""
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=ZoneInfo("UTC"))
-    return t.astimezone(EXCHANGE_TZ).date().isoformat()
 
 
 class DecisionLog:
@@ -50,8 +42,7 @@ class DecisionLog:
     def __call__(self, decision: dict[str, Any]) -> None:
         """Log one decision and append it to the day's file (flushed at once)."""
         t: datetime = decision["time"]
-        if t.tzinfo is None:
-            t = t.replace(tzinfo=ZoneInfo("UTC"))
+        t = to_utc(t)
         p_up = float(decision["p_up"])
         record = {"time": t.isoformat(), "symbol": decision["symbol"],
                   "p_up": None if math.isnan(p_up) else p_up,
@@ -96,7 +87,7 @@ def daily_summary(day: str, trades: Iterable[Mapping[str, Any]], blocked: Mappin
         "win_rate": round(wins / len(rows), 4) if rows else None,
         "pnl": round(sum(pnl), 2),
         "commission": round(sum(float(t.get("commission", 0.0)) for t in rows), 2),
-        "exit_reasons": {r: reasons.get(r, 0) for r in EXIT_REASONS},
+        "exit_reasons": {r: reasons.get(r, 0) for r in ExitReason},
         "blocked": {str(k): int(v) for k, v in sorted(blocked.items())},
         "by_symbol": {s: round(sum(float(t["pnl"]) for t in rows if t["symbol"] == s), 2)
                       for s in sorted({str(t["symbol"]) for t in rows})},

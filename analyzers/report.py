@@ -11,13 +11,13 @@ from typing import Any
 
 import pandas as pd
 
-from analyzers.io import atomic_write, atomic_write_json
+from core.files import atomic_write, atomic_write_json
+from core.records import BACKTEST_BLOCK_REASONS as BLOCK_REASONS
+from core.records import ExitReason
 from strategies.engine import BacktestResult
-from strategies.risk import BLOCK_REASONS
 
 logger = logging.getLogger(__name__)
 
-EXIT_REASONS = ("STOP", "TARGET", "TIMEOUT", "EOD")
 
 
 def daily_close(frame: pd.DataFrame) -> pd.Series:
@@ -92,7 +92,7 @@ def trade_summary(trades: pd.DataFrame) -> dict[str, Any]:
         "avg_pnl_per_trade": _num(float(trades["pnl"].mean())) if n else None,
         "commission": _num(float(trades["commission"].sum())),
         "avg_bars_held": _num(float(trades["bars_held"].mean())) if n else None,
-        "exit_reasons": {r: int(reasons.get(r, 0)) for r in EXIT_REASONS},
+        "exit_reasons": {r: int(reasons.get(r, 0)) for r in ExitReason},
     }
 
 

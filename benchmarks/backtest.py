@@ -159,6 +159,7 @@ def _train_job(job: Job) -> dict[str, Any]:
     from sklearn.base import clone  # noqa: PLC0415
 
     from config.settings import SyntheticConfig, load_config  # noqa: PLC0415
+    from core.costs import commission_function  # noqa: PLC0415
     from feeds.synthetic import generate_universe  # noqa: PLC0415
     from ml.train import (  # noqa: PLC0415
         build_dataset,
@@ -167,7 +168,6 @@ def _train_job(job: Job) -> dict[str, Any]:
         make_calibrator,
         make_pipeline,
     )
-    from strategies.costs import commission_function  # noqa: PLC0415
 
     cfg = load_config(job.config, job.overrides)
     if job.frames_path is not None:

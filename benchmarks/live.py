@@ -47,9 +47,10 @@ import backtrader as bt
 import pandas as pd
 
 from config.settings import LiveConfig, SyntheticConfig
+from core.calendar import session_schedule
 from feeds.ib.budget import RequestBudget
 from feeds.ib.errors import ErrorKind
-from feeds.ib.feed import BarPoller, IBPollingFeed, session_schedule
+from feeds.ib.feed import BarPoller, IBPollingFeed
 from feeds.ib.session import IBSession
 from feeds.synthetic import generate_universe
 

@@ -53,8 +53,6 @@ class DataConfig(_Frozen):
     symbols: tuple[str, ...] = Field((), description="symbols to use; empty means every file found")
     bar_size: BarSize = "1min"
     calendar: Literal["XNYS"] = "XNYS"
-    timezone: Literal["America/New_York"] = "America/New_York"
-    session: Literal["RTH"] = "RTH"
     store_dir: str = Field("store/bars", description="Parquet store of prepared bars")
     start: str | None = Field(None, description="first date to use (YYYY-MM-DD, exchange time)")
     end: str | None = Field(None, description="last date to use (YYYY-MM-DD, exchange time)")
@@ -272,7 +270,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def dump_config(cfg: AppConfig, path: Path) -> None:
     """Write the resolved configuration as TOML (atomically)."""
-    from analyzers.io import atomic_write_text  # noqa: PLC0415 - avoid an import cycle at package load
+    from core.files import atomic_write_text  # noqa: PLC0415 - avoid an import cycle at package load
 
     data = cfg.model_dump(mode="json", exclude_none=True)
     atomic_write_text(path, tomli_w.dumps(data))

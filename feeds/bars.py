@@ -16,21 +16,19 @@ import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
-import exchange_calendars as xcals
 import numpy as np
 import pandas as pd
 
-from analyzers.io import atomic_write, atomic_write_json
 from config.settings import bar_size_minutes
+from core.calendar import EXCHANGE_TZ, local_dates, session_bounds
+from core.files import atomic_write, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
 COLUMNS = ("open", "high", "low", "close", "volume")
 PRICE_COLUMNS = ("open", "high", "low", "close")
-EXCHANGE_TZ = "America/New_York"
 STORE_FORMAT_VERSION = 1
 _SUFFIXES = (".csv.gz", ".csv", ".parquet", ".pq")
 
@@ -195,26 +193,6 @@ def _validate_bar_size(index: pd.DatetimeIndex, source: str, bar_minutes: int) -
         )
 
 
-@lru_cache(maxsize=8)
-def _calendar(name: str) -> xcals.ExchangeCalendar:
-    return xcals.get_calendar(name)
-
-
-def session_bounds(index: pd.DatetimeIndex, calendar: str = "XNYS") -> tuple[np.ndarray, np.ndarray]:
-    """Return per-bar (session open, session close) as UTC ``datetime64[ns]`` arrays; NaT off-session."""
-    cal = _calendar(calendar)
-    local_dates = index.tz_convert(EXCHANGE_TZ).tz_localize(None).normalize()
-    first, last = local_dates.min(), local_dates.max()
-    lo = max(first, cal.first_session)
-    hi = min(last, cal.last_session)
-    sched = cal.schedule.loc[lo:hi] if lo <= hi else cal.schedule.iloc[0:0]
-    opens = pd.Series(sched["open"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(), index=sched.index)
-    closes = pd.Series(sched["close"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(), index=sched.index)
-    open_arr = opens.reindex(local_dates).to_numpy(dtype="datetime64[ns]")
-    close_arr = closes.reindex(local_dates).to_numpy(dtype="datetime64[ns]")
-    return open_arr, close_arr
-
-
 def filter_rth(frame: pd.DataFrame, bar_minutes: int, calendar: str = "XNYS") -> pd.DataFrame:
     """Keep bars that start at or after the session open and end at or before the session close."""
     if frame.empty:
@@ -351,7 +329,7 @@ def clip_dates(frames: Mapping[str, pd.DataFrame], start: str | None, end: str |
     """Restrict frames to exchange-time dates ``start`` .. ``end`` (inclusive, ``YYYY-MM-DD``)."""
     out: dict[str, pd.DataFrame] = {}
     for sym, f in frames.items():
-        local = f.index.tz_convert(EXCHANGE_TZ).tz_localize(None).normalize()
+        local = local_dates(pd.DatetimeIndex(f.index))
         keep = np.ones(len(f), dtype=bool)
         if start:
             keep &= local >= pd.Timestamp(start)
@@ -359,15 +337,3 @@ def clip_dates(frames: Mapping[str, pd.DataFrame], start: str | None, end: str |
             keep &= local <= pd.Timestamp(end)
         out[sym] = f.loc[keep]
     return out
-
-
-def minutes_to_close(index: pd.DatetimeIndex, bar_minutes: int, calendar: str = "XNYS") -> np.ndarray:
-    """Return, per bar, minutes from the bar's **end** to its session's close (NaN off-session).
-
-    The strategy's "no new entries" and "flatten" windows and the labels' end-of-session barrier use this,
-    so half days (13:00 close) are handled by the exchange calendar.
-    """
-    _, closes = session_bounds(index, calendar)
-    end = index.tz_localize(None).as_unit("ns").to_numpy(dtype="datetime64[ns]") + np.timedelta64(bar_minutes, "m")
-    out = (closes - end) / np.timedelta64(1, "m")
-    return np.where(np.isnat(closes), np.nan, out.astype("float64"))

@@ -20,8 +20,7 @@ import backtrader as bt
 import numpy as np
 import pandas as pd
 
-from feeds.bars import minutes_to_close
-from ml.features import session_keys
+from core.calendar import minutes_to_close, session_keys
 
 logger = logging.getLogger(__name__)
 

@@ -17,10 +17,11 @@ import logging
 import numpy as np
 import pandas as pd
 
+from core.calendar import session_keys
+
 logger = logging.getLogger(__name__)
 
 FEATURE_VERSION = "1.0"
-EXCHANGE_TZ = "America/New_York"
 
 FEATURE_NAMES: tuple[str, ...] = (
     "ret_1", "ret_5", "ret_15", "ret_30", "ret_60",
@@ -88,16 +89,6 @@ def _lag(x: np.ndarray, h: int) -> np.ndarray:
     if len(x) > h:
         out[h:] = x[:-h]
     return out
-
-
-def session_keys(index: pd.DatetimeIndex) -> tuple[np.ndarray, np.ndarray]:
-    """Return per-bar (session key = exchange-local date as int, minutes since 09:30 exchange time)."""
-    local = index.tz_convert(EXCHANGE_TZ)
-    wall_ns = local.tz_localize(None).as_unit("ns").asi8
-    day_ns = 86_400 * 1_000_000_000
-    days = wall_ns // day_ns
-    minutes = (wall_ns - days * day_ns) / 60e9 - 570.0
-    return days, minutes
 
 
 def _session_features(

@@ -31,11 +31,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from feeds.bars import minutes_to_close
+from core.calendar import minutes_to_close
+from core.records import ExitReason
 
 logger = logging.getLogger(__name__)
 
-EXIT_REASONS = ("NONE", "STOP", "TARGET", "TIMEOUT", "EOD")
+#: Outcome codes of a label, by index (0: no trade); the rest are the strategy's exit reasons, in this order.
+EXIT_REASONS = ("NONE", *(str(r) for r in ExitReason))
 _STOP, _TARGET, _TIMEOUT, _EOD = 1, 2, 3, 4
 
 

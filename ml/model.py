@@ -20,7 +20,7 @@ import sklearn
 from sklearn.isotonic import IsotonicRegression
 from sklearn.pipeline import Pipeline
 
-from analyzers.io import atomic_write, atomic_write_json
+from core.files import atomic_write, atomic_write_json
 from ml.features import FEATURE_NAMES, FEATURE_VERSION
 
 logger = logging.getLogger(__name__)

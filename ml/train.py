@@ -41,14 +41,14 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
-from analyzers.io import atomic_write_json
 from config.settings import AppConfig, ConfigError, ModelConfig, bar_size_minutes, load_config
+from core.costs import commission_function
+from core.files import atomic_write_json
 from feeds.bars import EXCHANGE_TZ, BarDataError, clip_dates, frame_fingerprint, load_bars
 from feeds.universe import load_universe
 from ml.features import WARMUP_BARS, compute_features, usable_rows
 from ml.labels import LabelParams, triple_barrier_labels
 from ml.model import IsotonicCalibrator, ModelBundle, ModelError, SigmoidCalibrator
-from strategies.costs import commission_function
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ def build_dataset(
     params
         Trade rules the labels simulate (see :func:`label_params`).
     commission
-        ``f(shares, price) -> USD``, e.g. from :func:`strategies.costs.commission_function`.
+        ``f(shares, price) -> USD``, e.g. from :func:`core.costs.commission_function`.
     progress
         Show a progress bar over symbols.
 

@@ -11,8 +11,9 @@ import backtrader as bt
 import pandas as pd
 
 from analyzers.performance import DailyEquity
+from core.costs import IBKRCommission, commission_function
+from core.records import TradeRecord
 from feeds.pandas_feed import BarFrameFeed
-from strategies.costs import IBKRCommission, commission_function
 from strategies.ml_strategy import MLStrategy
 from strategies.observers import RISK_OBSERVERS
 from strategies.sizer import FixedFractionSizer
@@ -77,9 +78,8 @@ def run_cerebro(cerebro: bt.Cerebro) -> BacktestResult:
     keys = sorted(days)
     equity = pd.Series([days[k]["equity"] for k in keys], index=_session_dates(keys), name="equity")
     drawdown = pd.Series([days[k]["max_drawdown"] for k in keys], index=_session_dates(keys), name="max_drawdown")
-    trades = pd.DataFrame(strat.trades, columns=[
-        "symbol", "entry_time", "exit_time", "entry_price", "exit_price", "quantity", "exit_reason",
-        "p_up_at_entry", "pnl", "commission", "bars_held"])
+    trades = pd.DataFrame([t.to_dict() for t in strat.trades], columns=TradeRecord.columns()).drop(
+        columns="adopted")
     for col in ("entry_time", "exit_time"):
         trades[col] = pd.to_datetime(trades[col]).dt.tz_localize("UTC")
     blocked = pd.DataFrame(

@@ -26,6 +26,7 @@ import backtrader as bt
 import pandas as pd
 
 from config.settings import bar_size_minutes
+from core.records import BlockReason, Decision, ExitReason, TradeRecord
 from ml.features import WARMUP_BARS
 from strategies import risk as rk
 from strategies.signal import MLSignal, SeriesSignal
@@ -33,7 +34,6 @@ from strategies.sizer import CASH_BUFFER
 
 logger = logging.getLogger(__name__)
 
-STOP, TARGET, TIMEOUT, EOD = "STOP", "TARGET", "TIMEOUT", "EOD"
 _DEAD = (bt.Order.Canceled, bt.Order.Margin, bt.Order.Rejected, bt.Order.Expired)
 
 
@@ -52,7 +52,7 @@ class Book:
     stop: bt.Order | None = None
     target: bt.Order | None = None
     exit_ref: int | None = None
-    exit_reason: str | None = None
+    exit_reason: ExitReason | None = None
 
     @property
     def busy(self) -> bool:
@@ -149,12 +149,12 @@ class MLStrategy(bt.Strategy):
         self.risk = rk.RiskState()
         self.books: dict[str, Book] = {d._name: Book() for d in self.datas}
         self.reserved_cash = 0.0
-        self.trades: list[dict[str, Any]] = []
+        self.trades: list[TradeRecord] = []
         self.blocked_log: Counter[tuple[Any, str]] = Counter()
         self._seen: dict[str, int] = {d._name: 0 for d in self.datas}
         self._last_equity = math.nan
         self._sink: Callable[[dict[str, Any]], None] | None = self.p.decision_sink
-        self._gate: Callable[[str], str | None] | None = self.p.entry_gate
+        self._gate: Callable[[str], BlockReason | None] | None = self.p.entry_gate
         self.last_bar_time: dict[str, float] = {}
         self.restored_bars_held: dict[str, int] = {}
         self._feeds = [_FeedLines(d, self.signals[d._name]) for d in self.datas]
@@ -196,7 +196,7 @@ class MLStrategy(bt.Strategy):
             if getattr(d, "historical", False):
                 self._seen[name] = len(d)
                 if now > self.last_bar_time.get(name, math.inf):  # missed live: logged LATE, clocks run on
-                    self._log_decision(d, float(self.signals[name].p_up[0]), rk.LATE, None)
+                    self._log_decision(d, float(self.signals[name].p_up[0]), Decision.LATE, None)
                     self.risk.tick_cooldown(name)
                     self.last_bar_time[name] = now
                 continue
@@ -230,9 +230,9 @@ class MLStrategy(bt.Strategy):
         d = f.data
         held = len(d) - book.entry_bar + 1
         if f.mtc[0] <= self.p.flatten_minutes:
-            reason = EOD
+            reason = ExitReason.EOD
         elif held >= self.p.max_hold_bars:
-            reason = TIMEOUT
+            reason = ExitReason.TIMEOUT
         else:
             return
         for child in (book.stop, book.target):
@@ -246,33 +246,33 @@ class MLStrategy(bt.Strategy):
         d, name = f.data, f.name
         p_up = float(f.p_up[0])
         book = self.books[name]
-        reason: str | None = None
+        reason: BlockReason | None = None
         if book.entry_ref is not None or book.size > 0:  # Book.busy, inlined: this runs on every bar
-            decision = rk.HOLD
+            decision = Decision.IN_POSITION
         elif len(d) < WARMUP_BARS or math.isnan(p_up):
-            decision = rk.WARMUP
+            decision = Decision.WARMUP
         elif p_up < self.p.p_up_entry_threshold:
-            decision = rk.NO_SIGNAL
+            decision = Decision.NO_SIGNAL
         else:
             ctx = rk.EntryContext(name, f.mtc[0], equity, self._open_count(), self.risk)
             gate = self._gate(name) if self._gate is not None else None
             reason = gate or rk.first_block(self.rules, ctx) or self._enter(d, p_up)
-            decision = rk.ENTER if reason is None else "BLOCKED"
+            decision = Decision.ENTER if reason is None else Decision.BLOCKED
             if reason is not None:
                 self.risk.blocked[reason] += 1
                 self.blocked_log[(self.risk.session, reason)] += 1
         if self._sink is not None:
             self._log_decision(d, p_up, decision, reason)
 
-    def _log_decision(self, d: bt.feed.DataBase, p_up: float, decision: str, reason: str | None) -> None:
+    def _log_decision(self, d: bt.feed.DataBase, p_up: float, decision: Decision, reason: BlockReason | None) -> None:
         if self._sink is not None:
             self._sink({"time": bt.num2date(d.datetime[0]), "symbol": d._name, "p_up": p_up,
                         "decision": decision, "reason": reason})
 
-    def _enter(self, d: bt.feed.DataBase, p_up: float) -> str | None:
+    def _enter(self, d: bt.feed.DataBase, p_up: float) -> BlockReason | None:
         size = self.getsizing(data=d, isbuy=True)
         if size <= 0:
-            return rk.SIZE_ZERO
+            return BlockReason.SIZE_ZERO
         order = self.buy(data=d, size=size, exectype=bt.Order.Market)
         book = self.books[d._name]
         book.entry_ref, book.entry_p_up = order.ref, p_up
@@ -296,13 +296,13 @@ class MLStrategy(bt.Strategy):
             self._on_entry(order, book)
         elif book.stop is not None and ref == book.stop.ref:
             if order.status == bt.Order.Completed:
-                self._close_trade(order, book, STOP)
+                self._close_trade(order, book, ExitReason.STOP)
         elif book.target is not None and ref == book.target.ref:
             if order.status == bt.Order.Completed:
-                self._close_trade(order, book, TARGET)
+                self._close_trade(order, book, ExitReason.TARGET)
         elif ref == book.exit_ref:
             if order.status == bt.Order.Completed:
-                self._close_trade(order, book, book.exit_reason or TIMEOUT)
+                self._close_trade(order, book, book.exit_reason or ExitReason.TIMEOUT)
             else:
                 logger.error("%s exit order %d %s; retrying next bar", order.data._name, ref, order.getstatusname())
                 book.exit_ref = None
@@ -325,25 +325,16 @@ class MLStrategy(bt.Strategy):
         book.target = self.sell(data=d, size=book.size, exectype=bt.Order.Limit,
                                 price=book.entry_price * (1.0 + self.p.take_profit), oco=book.stop)
 
-    def _close_trade(self, order: bt.Order, book: Book, reason: str) -> None:
+    def _close_trade(self, order: bt.Order, book: Book, reason: ExitReason) -> None:
         d = order.data
         exit_price = order.executed.price
         commission = book.entry_comm + order.executed.comm
         pnl = (exit_price - book.entry_price) * book.size - commission
-        self.trades.append({
-            "symbol": d._name,
-            "entry_time": book.entry_time,
-            "exit_time": bt.num2date(d.datetime[0]),
-            "entry_price": book.entry_price,
-            "exit_price": exit_price,
-            "quantity": book.size,
-            "exit_reason": reason,
-            "p_up_at_entry": book.entry_p_up,
-            "pnl": pnl,
-            "commission": commission,
-            "bars_held": len(d) - book.entry_bar,
-        })
+        self.trades.append(TradeRecord(
+            symbol=d._name, entry_time=book.entry_time, exit_time=bt.num2date(d.datetime[0]),
+            entry_price=book.entry_price, exit_price=exit_price, quantity=book.size, exit_reason=reason,
+            p_up_at_entry=book.entry_p_up, pnl=pnl, commission=commission, bars_held=len(d) - book.entry_bar))
         self.risk.realized_pnl += pnl
-        if reason == STOP:
+        if reason == ExitReason.STOP:
             self.risk.start_cooldown(d._name, self.p.cooldown_bars_after_stop)
         self.books[d._name] = Book()

@@ -14,28 +14,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from core.records import BlockReason
+
 logger = logging.getLogger(__name__)
-
-# Decision codes (one per symbol per bar).
-ENTER = "ENTER"
-HOLD = "IN_POSITION"
-WARMUP = "WARMUP"
-NO_SIGNAL = "NO_SIGNAL"
-# Live only: a bar that reached us after a newer one had closed (the backfill after a 162 back-off, a
-# reconnect or a restart). It feeds the features and the clocks; trading on it would act on a stale price.
-LATE = "LATE"
-# Blocking reasons: the signal cleared the threshold but a risk rule said no.
-CLOSE_WINDOW = "CLOSE_WINDOW"
-DAILY_LOSS = "DAILY_LOSS"
-COOLDOWN = "COOLDOWN"
-MAX_POSITIONS = "MAX_POSITIONS"
-SIZE_ZERO = "SIZE_ZERO"
-BLOCK_REASONS = (CLOSE_WINDOW, DAILY_LOSS, COOLDOWN, MAX_POSITIONS, SIZE_ZERO)
-# Live-only blocking reasons (the live entry gate): the kill switch is on, or IB is not connected / re-syncing.
-KILL_SWITCH = "KILL_SWITCH"
-IB_DISCONNECTED = "IB_DISCONNECTED"
-LIVE_BLOCK_REASONS = (KILL_SWITCH, IB_DISCONNECTED)
-
 
 @dataclass
 class RiskState:
@@ -102,7 +83,7 @@ class EntryRule(Protocol):
     """A risk gate: ``allows(ctx)`` is False when the entry must be blocked for ``reason``."""
 
     @property
-    def reason(self) -> str:
+    def reason(self) -> BlockReason:
         """The reason code reported when this rule blocks."""
         ...
 
@@ -116,7 +97,7 @@ class EntryWindowRule:
     """No new entries when the bar ends less than ``minutes`` before the session close."""
 
     minutes: int
-    reason: str = CLOSE_WINDOW
+    reason: BlockReason = BlockReason.CLOSE_WINDOW
 
     def allows(self, ctx: EntryContext) -> bool:
         return ctx.minutes_to_close >= self.minutes
@@ -127,7 +108,7 @@ class DailyLossRule:
     """No new entries once today's P&L (open P&L included) is at or below ``-limit × start-of-day equity``."""
 
     limit: float
-    reason: str = DAILY_LOSS
+    reason: BlockReason = BlockReason.DAILY_LOSS
 
     def allows(self, ctx: EntryContext) -> bool:
         start = ctx.state.start_equity
@@ -138,7 +119,7 @@ class DailyLossRule:
 class CooldownRule:
     """No entry into a symbol still cooling down after a STOP exit."""
 
-    reason: str = COOLDOWN
+    reason: BlockReason = BlockReason.COOLDOWN
 
     def allows(self, ctx: EntryContext) -> bool:
         return ctx.state.cooldowns.get(ctx.symbol, 0) == 0
@@ -149,7 +130,7 @@ class MaxPositionsRule:
     """At most ``limit`` positions open or being opened at once."""
 
     limit: int
-    reason: str = MAX_POSITIONS
+    reason: BlockReason = BlockReason.MAX_POSITIONS
 
     def allows(self, ctx: EntryContext) -> bool:
         return ctx.open_positions < self.limit
@@ -161,7 +142,7 @@ def default_rules(no_new_entries_minutes: int, daily_loss_limit: float, max_posi
             MaxPositionsRule(max_positions))
 
 
-def first_block(rules: tuple[EntryRule, ...], ctx: EntryContext) -> str | None:
+def first_block(rules: tuple[EntryRule, ...], ctx: EntryContext) -> BlockReason | None:
     """Return the reason of the first rule that blocks ``ctx``, or None when every rule allows it."""
     for rule in rules:
         if not rule.allows(ctx):

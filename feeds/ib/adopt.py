@@ -34,11 +34,10 @@ from typing import Any
 import backtrader as bt
 import pandas as pd
 
-from feeds.bars import minutes_to_close
+from core.calendar import minutes_to_close, session_keys
 from feeds.ib import mapping as mp
 from feeds.ib.session import IBSession
 from feeds.ib.state import StateStore
-from ml.features import session_keys
 from strategies import risk as rk
 
 logger = logging.getLogger(__name__)

@@ -38,10 +38,10 @@ import pandas as pd
 from tqdm import tqdm
 
 from config.settings import ConfigError, LiveConfig, bar_size_minutes, load_config
+from core.calendar import local_dates, session_labels, session_schedule
 from feeds.bars import COLUMNS, BarDataError, BarStore, filter_rth, validate_bars
 from feeds.ib.budget import RequestBudget, RequestKey
 from feeds.ib.errors import ErrorKind, IBError, NeedsHumanError, TemporaryIBError, classify
-from feeds.ib.feed import session_schedule
 from feeds.ib.session import IBSession
 
 logger = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def plan_sessions(days: int, end: str | None, now: datetime, calendar: str = "XN
     """
     if days < 1:
         raise DownloadInputError(f"--days must be at least 1, got {days}")
-    labels = _session_labels(calendar)
+    labels = session_labels(calendar)
     _, closes = session_schedule(calendar)
     now_ns = int(now.timestamp() * 1e9)
     last = int(np.searchsorted(closes, now_ns, side="right"))  # sessions [0, last) are complete
@@ -107,16 +107,10 @@ def plan_sessions(days: int, end: str | None, now: datetime, calendar: str = "XN
     return list(labels[first:last])
 
 
-def _session_labels(calendar: str) -> pd.DatetimeIndex:
-    import exchange_calendars as xcals  # noqa: PLC0415  (already cached by feeds.ib.feed.session_schedule)
-
-    return pd.DatetimeIndex(xcals.get_calendar(calendar).schedule.index).as_unit("ns")
-
-
 def plan_chunks(symbol: str, sessions: Sequence[pd.Timestamp], done: set[str], bar_size: str,
                 calendar: str = "XNYS") -> list[Chunk]:
     """Group the sessions not in ``done`` (ISO dates) into requests of at most IB's sessions per request."""
-    labels = _session_labels(calendar)
+    labels = session_labels(calendar)
     _, closes = session_schedule(calendar)
     position = {label: i for i, label in enumerate(labels)}
     per_request = SESSIONS_PER_REQUEST[bar_size]
@@ -160,7 +154,7 @@ def stored(store: BarStore, symbol: str, bar_size: str) -> tuple[pd.DataFrame | 
 
 def _complete_sessions(frame: pd.DataFrame, bar_minutes: int, calendar: str = "XNYS") -> set[str]:
     """Return the ISO dates of sessions whose every RTH bar is in ``frame``."""
-    labels = _session_labels(calendar)
+    labels = session_labels(calendar)
     opens, closes = session_schedule(calendar)
     starts = frame.index.as_unit("ns").asi8
     i = np.searchsorted(opens, starts, side="right") - 1
@@ -187,7 +181,7 @@ def bars_frame(bars: Iterable[object], chunk: Chunk, bar_size: str) -> pd.DataFr
     rows = [(b.date, b.open, b.high, b.low, b.close, b.volume) for b in bars]  # type: ignore[attr-defined]
     index = pd.DatetimeIndex([r[0] for r in rows], name="datetime").tz_convert("UTC").as_unit("ns")
     frame = pd.DataFrame([r[1:] for r in rows], index=index, columns=list(COLUMNS), dtype="float64")
-    local_days = frame.index.tz_convert("America/New_York").normalize().tz_localize(None)
+    local_days = local_dates(pd.DatetimeIndex(frame.index))
     frame = frame[local_days.isin(pd.DatetimeIndex(chunk.sessions))]
     if frame.empty:
         return frame

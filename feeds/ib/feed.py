@@ -34,20 +34,18 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import lru_cache
 from typing import Any, NamedTuple
 
 import backtrader as bt
-import exchange_calendars as xcals
 import numpy as np
 import pandas as pd
 
-from feeds.bars import minutes_to_close
+from core.calendar import minutes_to_close, session_keys, session_schedule
 from feeds.ib.budget import RequestBudget, RequestKey
 from feeds.ib.errors import ErrorKind, classify
 from feeds.ib.session import IBSession
 from feeds.pandas_feed import to_bt_num
-from ml.features import live_window_bars, session_keys
+from ml.features import live_window_bars
 
 logger = logging.getLogger(__name__)
 
@@ -56,15 +54,6 @@ _RETRY_SECONDS = 5.0  # re-poll this soon when the due bar was not in the answer
 
 
 # -- exchange sessions (numpy, cached) --------------------------------------------------------------------
-@lru_cache(maxsize=4)
-def session_schedule(calendar: str) -> tuple[np.ndarray, np.ndarray]:
-    """Return (session opens, session closes) of ``calendar`` as sorted UTC epoch-ns int64 arrays."""
-    sched = xcals.get_calendar(calendar).schedule
-    opens = pd.DatetimeIndex(sched["open"]).tz_convert("UTC").as_unit("ns").asi8
-    closes = pd.DatetimeIndex(sched["close"]).tz_convert("UTC").as_unit("ns").asi8
-    return opens, closes
-
-
 def latest_closed_bar(now_ns: int, bar_ns: int, calendar: str = "XNYS") -> int | None:
     """Return the start (epoch ns) of the most recent RTH bar that has closed at ``now_ns``."""
     opens, closes = session_schedule(calendar)
@@ -489,13 +478,4 @@ class IBPollingFeed(bt.feed.DataBase):
             self.put_notification(self.LIVE if self._went_live else self.DELAYED)
 
 
-def seconds_until_due(trackers: Sequence[SymbolTracker], now: datetime) -> float:
-    """Return seconds from ``now`` until the earliest tracker is due (0 when one is due)."""
-    if not trackers:
-        return math.inf
-    now_ns = int(now.timestamp() * NS)
-    return max(0.0, min(t.due_ns() for t in trackers) - now_ns) / NS
-
-
-__all__ = ["Bar", "BarPoller", "IBPollingFeed", "SymbolTracker", "latest_closed_bar", "next_bar_end",
-           "seconds_until_due", "session_schedule"]
+__all__ = ["Bar", "BarPoller", "IBPollingFeed", "SymbolTracker", "latest_closed_bar", "next_bar_end"]

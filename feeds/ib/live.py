@@ -23,10 +23,13 @@ from typing import Any
 
 import backtrader as bt
 
-from analyzers.io import atomic_write_json
-from analyzers.live_reports import DecisionLog, daily_summary, exchange_day, format_summary, write_daily_summary
+from analyzers.live_reports import DecisionLog, daily_summary, format_summary, write_daily_summary
 from analyzers.notify import post_message
 from config.settings import AppConfig, bar_size_minutes
+from core.calendar import exchange_day
+from core.costs import IBKRCommission, commission_function
+from core.files import atomic_write_json
+from core.records import BlockReason
 from feeds.ib.adopt import Rules, adopt
 from feeds.ib.broker import IBBroker
 from feeds.ib.budget import RequestBudget
@@ -35,7 +38,6 @@ from feeds.ib.safety import KillSwitch
 from feeds.ib.session import IBSession
 from feeds.ib.state import StateStore
 from strategies import risk as rk
-from strategies.costs import IBKRCommission, commission_function
 from strategies.ml_strategy import Book, MLStrategy, strategy_params
 from strategies.sizer import FixedFractionSizer
 
@@ -71,12 +73,12 @@ class LiveHooks:
     _last_live: float = -math.inf
     _strategy: Any = None
 
-    def entry_gate(self, symbol: str) -> str | None:
+    def entry_gate(self, symbol: str) -> BlockReason | None:
         """Block entries while the kill switch is on or IB is down / re-syncing."""
         if self.kill_switch.active:
-            return rk.KILL_SWITCH
+            return BlockReason.KILL_SWITCH
         if self.session.entries_paused:
-            return rk.IB_DISCONNECTED
+            return BlockReason.IB_DISCONNECTED
         return None
 
     def on_start(self, strategy: Any) -> None:
@@ -107,7 +109,7 @@ class LiveHooks:
                 snap = book_snapshot(book, self.broker._trade_of.get(d._name), len(d)) if book.busy else None
                 self.state.save_book(d._name, snap)
             for trade in strategy.trades[self._trades_saved:]:
-                self.state.append_trade(exchange_day(trade["exit_time"]), trade)
+                self.state.append_trade(exchange_day(trade.exit_time), trade.to_dict())
         self._trades_saved = len(strategy.trades)
         newest = max(strategy.last_bar_time.values(), default=-math.inf)
         if newest > self._last_live:

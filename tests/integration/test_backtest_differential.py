@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from feeds.bars import minutes_to_close
-from ml.features import WARMUP_BARS, session_keys
+from core.calendar import minutes_to_close, session_keys
+from core.costs import ibkr_fixed
+from ml.features import WARMUP_BARS
 from ml.labels import LabelParams, triple_barrier_labels
-from strategies.costs import ibkr_fixed
 from strategies.sizer import CASH_BUFFER, fixed_fraction_shares
 from tests.kit import run_backtest, synthetic_frames
 

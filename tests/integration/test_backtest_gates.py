@@ -13,7 +13,7 @@ import backtrader as bt
 import numpy as np
 import pandas as pd
 
-from feeds.bars import minutes_to_close
+from core.calendar import minutes_to_close
 from strategies.observers import PositionsObserver
 from tests.kit import NY, flat_bars, ny, run_backtest, set_bar, signal_from, synthetic_frames, xnys_minutes
 

@@ -12,13 +12,13 @@ import pytest
 from ib_async import IB, Stock
 
 from config.settings import LiveConfig
-from feeds.bars import minutes_to_close
+from core.calendar import minutes_to_close, session_keys
 from feeds.ib.budget import RequestBudget
 from feeds.ib.feed import BarPoller, IBPollingFeed
 from feeds.ib.session import IBSession
 from feeds.pandas_feed import to_bt_num
 from ibsim import IBSim
-from ml.features import live_window_bars, session_keys
+from ml.features import live_window_bars
 from tests.integration.conftest import NY, SIM_START, make_bars
 
 Row = tuple[datetime, float, bool]

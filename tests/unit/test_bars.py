@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from feeds.bars import BarDataError, BarStore, discover_files, filter_rth, load_bars, minutes_to_close
+from core.calendar import minutes_to_close
+from feeds.bars import BarDataError, BarStore, discover_files, filter_rth, load_bars
 
 HEADER = "datetime,open,high,low,close,volume\n"
 

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core.costs import ibkr_fixed, no_commission
 from ml.labels import LabelParams, triple_barrier_labels
-from strategies.costs import ibkr_fixed, no_commission
 
 
 def flat_session(day: str = "2024-01-03", price: float = 100.0) -> pd.DataFrame:

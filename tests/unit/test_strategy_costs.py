@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from strategies.costs import (
+from core.costs import (
     IBKRCommission,
     commission_function,
     ibkr_fixed,

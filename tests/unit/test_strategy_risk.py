@@ -7,6 +7,7 @@ import logging
 import math
 from collections import Counter
 
+from core.records import BlockReason
 from strategies import risk as rk
 
 logger = logging.getLogger(__name__)
@@ -20,7 +21,7 @@ def _ctx(state: rk.RiskState, symbol: str = "AAA", mtc: float = 60.0, equity: fl
 def test_risk_state_survives_a_json_round_trip() -> None:
     # Arrange
     state = rk.RiskState(session=19_725, start_equity=100_000.0, realized_pnl=-123.5, cooldowns={"AAA": 3},
-                         blocked=Counter({rk.COOLDOWN: 2, rk.DAILY_LOSS: 1}))
+                         blocked=Counter({BlockReason.COOLDOWN: 2, BlockReason.DAILY_LOSS: 1}))
 
     # Act
     restored = rk.RiskState.from_dict(json.loads(json.dumps(state.to_dict())))
@@ -44,7 +45,7 @@ def test_fresh_risk_state_round_trips_with_unknown_start_equity() -> None:
 def test_new_session_resets_the_day_but_keeps_cooldowns() -> None:
     # Arrange
     state = rk.RiskState(session=1, start_equity=100.0, realized_pnl=-5.0, cooldowns={"AAA": 2},
-                         blocked=Counter({rk.COOLDOWN: 1}))
+                         blocked=Counter({BlockReason.COOLDOWN: 1}))
 
     # Act
     same = state.roll_session(1, 90.0)
@@ -120,9 +121,10 @@ def test_rules_report_the_first_failing_reason_in_order() -> None:
     ctx = _ctx(state, mtc=10.0, equity=50_000.0, open_positions=2)
 
     # Act / Assert
-    assert [r.reason for r in rules] == [rk.CLOSE_WINDOW, rk.DAILY_LOSS, rk.COOLDOWN, rk.MAX_POSITIONS]
-    assert rk.first_block(rules, ctx) == rk.CLOSE_WINDOW
-    assert rk.first_block(rules, _ctx(state, mtc=15.0, equity=50_000.0, open_positions=2)) == rk.DAILY_LOSS
-    assert rk.first_block(rules, _ctx(state, mtc=15.0, open_positions=2)) == rk.COOLDOWN
-    assert rk.first_block(rules, _ctx(state, "BBB", mtc=15.0, open_positions=2)) == rk.MAX_POSITIONS
+    assert [r.reason for r in rules] == [BlockReason.CLOSE_WINDOW, BlockReason.DAILY_LOSS, BlockReason.COOLDOWN,
+                                         BlockReason.MAX_POSITIONS]
+    assert rk.first_block(rules, ctx) == BlockReason.CLOSE_WINDOW
+    assert rk.first_block(rules, _ctx(state, mtc=15.0, equity=50_000.0, open_positions=2)) == BlockReason.DAILY_LOSS
+    assert rk.first_block(rules, _ctx(state, mtc=15.0, open_positions=2)) == BlockReason.COOLDOWN
+    assert rk.first_block(rules, _ctx(state, "BBB", mtc=15.0, open_positions=2)) == BlockReason.MAX_POSITIONS
     assert rk.first_block(rules, _ctx(state, "BBB", mtc=15.0, open_positions=1)) is None

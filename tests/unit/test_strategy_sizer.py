@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from strategies.costs import ibkr_fixed
+from core.costs import ibkr_fixed
 from strategies.sizer import CASH_BUFFER, fixed_fraction_shares
 
 logger = logging.getLogger(__name__)

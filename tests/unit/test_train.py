@@ -16,13 +16,13 @@ from sklearn.base import clone
 from threadpoolctl import threadpool_limits
 
 from config.settings import AppConfig, load_config
+from core.costs import commission_function
 from feeds.bars import frame_fingerprint
 from feeds.synthetic import SYNTHETIC_LABEL, generate_universe
 from ml import train
 from ml.features import FEATURE_NAMES, compute_features
 from ml.labels import triple_barrier_labels
 from ml.model import IsotonicCalibrator, ModelBundle, ModelError
-from strategies.costs import commission_function
 
 GAP = FEATURE_NAMES.index("gap")
 SMALL = ["data.synthetic.sessions=15", 'data.synthetic.symbols=["A", "B"]', "model.max_iter=30"]

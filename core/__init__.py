@@ -1,0 +1,1 @@
+"""Shared kernel: the exchange calendar, atomic file writes, IBKR costs and the typed records (see README.md)."""
