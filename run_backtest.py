@@ -67,7 +67,8 @@ def resolve_config(args: argparse.Namespace) -> AppConfig:
 def obtain_model(cfg: AppConfig, train_frames: dict, data_label: str, run_dir: Path, *, retrain: bool,
                  explicit: bool, progress: bool) -> ModelBundle:
     """Load the configured model bundle, or train it when missing, forced, or trained on other data."""
-    from ml.train import format_report, label_params, train_model  # noqa: PLC0415 - training is optional
+    from ml.label_params import label_params  # noqa: PLC0415
+    from ml.train import format_report, train_model  # noqa: PLC0415 - training is optional
 
     expect = {"bar_size": cfg.data.bar_size, "label_params": label_params(cfg).to_dict()}
     path = Path(cfg.model.path)

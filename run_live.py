@@ -86,7 +86,7 @@ def setup_logging(log_dir: str, quiet: bool) -> None:
 
 def obtain_model(cfg: AppConfig, train_if_missing: bool) -> ModelBundle:
     """Load the configured model (checked against the config); train the demo model first under --sim."""
-    from ml.train import label_params  # noqa: PLC0415 - training code only when needed
+    from ml.label_params import label_params  # noqa: PLC0415
 
     expect = {"bar_size": cfg.data.bar_size, "label_params": label_params(cfg).to_dict()}
     path = Path(cfg.model.path)

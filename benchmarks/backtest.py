@@ -161,10 +161,10 @@ def _train_job(job: Job) -> dict[str, Any]:
     from config.settings import SyntheticConfig, load_config  # noqa: PLC0415
     from core.costs import commission_function  # noqa: PLC0415
     from feeds.synthetic import generate_universe  # noqa: PLC0415
+    from ml.label_params import label_params  # noqa: PLC0415
     from ml.train import (  # noqa: PLC0415
         build_dataset,
         cross_validate,
-        label_params,
         make_calibrator,
         make_pipeline,
     )

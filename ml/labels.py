@@ -1,7 +1,8 @@
 """Triple-barrier labels that are exactly the strategy's own trade outcome.
 
-LOOK-AHEAD CODE. Only ``ml/train.py`` (and tests) may import this module; features, the indicator and the
-strategy never do (a ruff banned-api rule enforces it).
+LOOK-AHEAD CODE. Only ``ml/train.py`` (training) and tests may import this module; features, the indicator,
+the strategy and the model-loading side never do (a ruff banned-api rule enforces it). The trade rules a label
+simulates, :class:`ml.label_params.LabelParams`, live in :mod:`ml.label_params`, which anyone may import.
 
 For a signal at bar t the simulated trade follows the backtest broker's rules bar by bar:
 
@@ -26,40 +27,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
 
 from core.calendar import minutes_to_close
 from core.records import ExitReason
+from ml.label_params import LabelParams
 
 logger = logging.getLogger(__name__)
 
 #: Outcome codes of a label, by index (0: no trade); the rest are the strategy's exit reasons, in this order.
 EXIT_REASONS = ("NONE", *(str(r) for r in ExitReason))
 _STOP, _TARGET, _TIMEOUT, _EOD = 1, 2, 3, 4
-
-
-@dataclass(frozen=True)
-class LabelParams:
-    """The trade rules a label simulates (stored in the model metadata)."""
-
-    stop_loss: float
-    take_profit: float
-    max_hold_bars: int
-    flatten_minutes: int
-    no_new_entries_minutes: int
-    slippage_bps: float
-    commission: str
-    notional: float
-    bar_minutes: int
-    calendar: str = "XNYS"
-    tiered_monthly_shares: int = 0
-
-    def to_dict(self) -> dict[str, object]:
-        """Return a JSON-ready dict."""
-        return asdict(self)
 
 
 def triple_barrier_labels(

@@ -47,7 +47,8 @@ from core.files import atomic_write_json
 from feeds.bars import EXCHANGE_TZ, BarDataError, clip_dates, frame_fingerprint, load_bars
 from feeds.universe import load_universe
 from ml.features import WARMUP_BARS, compute_features, usable_rows
-from ml.labels import LabelParams, triple_barrier_labels
+from ml.label_params import LabelParams, label_params
+from ml.labels import triple_barrier_labels
 from ml.model import IsotonicCalibrator, ModelBundle, ModelError, SigmoidCalibrator
 
 logger = logging.getLogger(__name__)
@@ -59,41 +60,7 @@ _PROB_EPS = 1e-6
 Calibrator = IsotonicCalibrator | SigmoidCalibrator
 
 
-# --------------------------------------------------------------------------------------------------- config
-
-
-def label_params(cfg: AppConfig) -> LabelParams:
-    """Return the label (trade-simulation) parameters implied by a configuration.
-
-    The notional is the typical position the sizer takes (``risk_per_trade_fraction × starting_cash /
-    stop_loss``, at most the starting cash), so per-share commission minimums are priced as traded.
-
-    Parameters
-    ----------
-    cfg
-        The application configuration.
-
-    Returns
-    -------
-    LabelParams
-        Parameters for :func:`ml.labels.triple_barrier_labels`, also stored in the model metadata.
-    """
-    s, c = cfg.strategy, cfg.costs
-    notional = min(cfg.risk.risk_per_trade_fraction * cfg.backtest.starting_cash / s.stop_loss,
-                   cfg.backtest.starting_cash)
-    return LabelParams(
-        stop_loss=s.stop_loss,
-        take_profit=s.take_profit,
-        max_hold_bars=s.max_hold_bars,
-        flatten_minutes=s.flatten_minutes,
-        no_new_entries_minutes=s.no_new_entries_minutes,
-        slippage_bps=c.slippage_bps,
-        commission=c.commission,
-        notional=float(notional),
-        bar_minutes=bar_size_minutes(cfg.data.bar_size),
-        calendar=cfg.data.calendar,
-        tiered_monthly_shares=c.tiered_monthly_shares,
-    )
+# ------------------------------------------------------------------------------------------------- pipeline
 
 
 def make_pipeline(model_cfg: ModelConfig) -> Pipeline:
@@ -216,7 +183,7 @@ def build_dataset(
     frames
         ``symbol -> bars`` (tz-aware ``DatetimeIndex`` of bar starts, OHLCV, regular trading hours).
     params
-        Trade rules the labels simulate (see :func:`label_params`).
+        Trade rules the labels simulate (see :func:`ml.label_params.label_params`).
     commission
         ``f(shares, price) -> USD``, e.g. from :func:`core.costs.commission_function`.
     progress

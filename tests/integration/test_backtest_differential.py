@@ -25,7 +25,8 @@ import pytest
 from core.calendar import minutes_to_close, session_keys
 from core.costs import ibkr_fixed
 from ml.features import WARMUP_BARS
-from ml.labels import LabelParams, triple_barrier_labels
+from ml.label_params import LabelParams
+from ml.labels import triple_barrier_labels
 from strategies.sizer import CASH_BUFFER, fixed_fraction_shares
 from tests.kit import run_backtest, synthetic_frames
 

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from core.costs import ibkr_fixed, no_commission
-from ml.labels import LabelParams, triple_barrier_labels
+from ml.label_params import LabelParams
+from ml.labels import triple_barrier_labels
 
 
 def flat_session(day: str = "2024-01-03", price: float = 100.0) -> pd.DataFrame:

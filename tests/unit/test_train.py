@@ -21,6 +21,7 @@ from feeds.bars import frame_fingerprint
 from feeds.synthetic import SYNTHETIC_LABEL, generate_universe
 from ml import train
 from ml.features import FEATURE_NAMES, compute_features
+from ml.label_params import label_params
 from ml.labels import triple_barrier_labels
 from ml.model import IsotonicCalibrator, ModelBundle, ModelError
 
@@ -46,7 +47,7 @@ def small_frames(cfg: AppConfig) -> dict[str, pd.DataFrame]:
 
 def small_dataset(cfg: AppConfig) -> train.Dataset:
     commission = commission_function(cfg.costs.commission, cfg.costs.tiered_monthly_shares)
-    return train.build_dataset(small_frames(cfg), train.label_params(cfg), commission)
+    return train.build_dataset(small_frames(cfg), label_params(cfg), commission)
 
 
 @pytest.fixture(autouse=True)
@@ -88,7 +89,7 @@ def test_label_params_take_strategy_costs_bar_size_and_sizer_notional(tmp_path: 
                    "risk.risk_per_trade_fraction=0.002", "backtest.starting_cash=100000.0",
                    "strategy.stop_loss=0.004")
 
-    params = train.label_params(cfg)
+    params = label_params(cfg)
 
     assert params.stop_loss == cfg.strategy.stop_loss
     assert params.take_profit == cfg.strategy.take_profit
@@ -103,7 +104,7 @@ def test_label_params_take_strategy_costs_bar_size_and_sizer_notional(tmp_path: 
 def test_label_params_notional_is_capped_at_starting_cash(tmp_path: Path) -> None:
     cfg = make_cfg(tmp_path / "m", "risk.risk_per_trade_fraction=0.05", "backtest.starting_cash=100000.0")
 
-    assert train.label_params(cfg).notional == pytest.approx(100_000.0)
+    assert label_params(cfg).notional == pytest.approx(100_000.0)
 
 
 # ----------------------------------------------------------------------------------------------- dataset
@@ -128,7 +129,7 @@ def test_build_dataset_pools_symbols_sorted_by_time_then_symbol(tmp_path: Path) 
 def test_build_dataset_keeps_eligible_rows_with_full_history_and_matches_per_symbol_values(tmp_path: Path) -> None:
     cfg = make_cfg(tmp_path / "m", *SMALL)
     frames = small_frames(cfg)
-    params = train.label_params(cfg)
+    params = label_params(cfg)
     commission = commission_function(cfg.costs.commission)
 
     ds = small_dataset(cfg)
@@ -155,7 +156,7 @@ def test_build_dataset_without_enough_history_fails_clearly(tmp_path: Path) -> N
     short = {sym: f.iloc[:40] for sym, f in small_frames(cfg).items()}
 
     with pytest.raises(ModelError, match="no label-eligible samples"):
-        train.build_dataset(short, train.label_params(cfg), commission_function("ibkr_fixed"))
+        train.build_dataset(short, label_params(cfg), commission_function("ibkr_fixed"))
 
 
 # ---------------------------------------------------------------------------------------- split sessions
@@ -271,7 +272,7 @@ def test_calibrators_are_fit_only_on_out_of_fold_predictions(tmp_path: Path, mon
 
 def test_train_model_saves_a_bundle_that_reloads_with_matching_expectations(small_run: dict[str, Any]) -> None:
     cfg, frames, bundle = small_run["cfg"], small_run["frames"], small_run["bundle"]
-    params = train.label_params(cfg).to_dict()
+    params = label_params(cfg).to_dict()
 
     loaded = ModelBundle.load(cfg.model.path, expect={"bar_minutes": 1, "label_params": params})
 
@@ -306,7 +307,7 @@ def test_training_report_is_written_next_to_the_bundle_and_in_the_run_dir(small_
 
 
 def test_bundle_load_refuses_a_changed_label_param_naming_the_field(small_run: dict[str, Any]) -> None:
-    params = train.label_params(small_run["cfg"]).to_dict()
+    params = label_params(small_run["cfg"]).to_dict()
     params["stop_loss"] = 0.005
 
     with pytest.raises(ModelError, match=r"label_params\.stop_loss"):
