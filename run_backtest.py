@@ -68,7 +68,8 @@ def obtain_model(cfg: AppConfig, train_frames: dict, data_label: str, run_dir: P
                  explicit: bool, progress: bool) -> ModelBundle:
     """Load the configured model bundle, or train it when missing, forced, or trained on other data."""
     from ml.label_params import label_params  # noqa: PLC0415
-    from ml.train import format_report, train_model  # noqa: PLC0415 - training is optional
+    from ml.train import train_model  # noqa: PLC0415 - training is optional
+    from ml.training_report import format_report  # noqa: PLC0415
 
     expect = {"bar_size": cfg.data.bar_size, "label_params": label_params(cfg).to_dict()}
     path = Path(cfg.model.path)
@@ -112,7 +113,7 @@ def run(cfg: AppConfig, args: argparse.Namespace) -> dict[str, Any]:
     """Train/load, backtest out of sample, write the reports; return the summary."""
     from analyzers.performance import Progress  # noqa: PLC0415
     from analyzers.report import format_summary, write_reports, write_summary  # noqa: PLC0415
-    from ml.train import split_sessions  # noqa: PLC0415
+    from ml.split import split_sessions  # noqa: PLC0415
     from strategies.engine import build_cerebro, run_cerebro  # noqa: PLC0415
     from strategies.ml_strategy import strategy_params  # noqa: PLC0415
 

@@ -92,7 +92,8 @@ def obtain_model(cfg: AppConfig, train_if_missing: bool) -> ModelBundle:
     path = Path(cfg.model.path)
     if not (path / "metadata.json").exists() and train_if_missing:
         from feeds.universe import load_universe  # noqa: PLC0415
-        from ml.train import split_sessions, train_model  # noqa: PLC0415
+        from ml.split import split_sessions  # noqa: PLC0415
+        from ml.train import train_model  # noqa: PLC0415
 
         universe = load_universe(cfg)
         train_frames, _ = split_sessions(universe.frames, cfg.model.train_fraction)

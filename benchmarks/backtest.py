@@ -161,13 +161,10 @@ def _train_job(job: Job) -> dict[str, Any]:
     from config.settings import SyntheticConfig, load_config  # noqa: PLC0415
     from core.costs import commission_function  # noqa: PLC0415
     from feeds.synthetic import generate_universe  # noqa: PLC0415
+    from ml.dataset import build_dataset  # noqa: PLC0415
+    from ml.evaluate import cross_validate  # noqa: PLC0415
     from ml.label_params import label_params  # noqa: PLC0415
-    from ml.train import (  # noqa: PLC0415
-        build_dataset,
-        cross_validate,
-        make_calibrator,
-        make_pipeline,
-    )
+    from ml.pipeline import make_calibrator, make_pipeline  # noqa: PLC0415
 
     cfg = load_config(job.config, job.overrides)
     if job.frames_path is not None:

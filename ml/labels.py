@@ -1,6 +1,6 @@
 """Triple-barrier labels that are exactly the strategy's own trade outcome.
 
-LOOK-AHEAD CODE. Only ``ml/train.py`` (training) and tests may import this module; features, the indicator,
+LOOK-AHEAD CODE. Only ``ml/dataset.py`` (training) and tests may import this module; features, the indicator,
 the strategy and the model-loading side never do (a ruff banned-api rule enforces it). The trade rules a label
 simulates, :class:`ml.label_params.LabelParams`, live in :mod:`ml.label_params`, which anyone may import.
 

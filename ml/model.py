@@ -80,6 +80,10 @@ class SigmoidCalibrator:
         return 1.0 / (1.0 + np.exp(-(self.a_ * _logit(raw) + self.b_)))
 
 
+#: Either calibrator; a bundle stores one.
+Calibrator = IsotonicCalibrator | SigmoidCalibrator
+
+
 def library_versions() -> dict[str, str]:
     """Return the versions that matter for reloading a pickled pipeline."""
     import pandas as pd  # noqa: PLC0415
@@ -93,7 +97,7 @@ class ModelBundle:
     """A fitted pipeline plus calibrator plus metadata; :meth:`predict_p_up` gives calibrated ``p_up``."""
 
     pipeline: Pipeline
-    calibrator: IsotonicCalibrator | SigmoidCalibrator
+    calibrator: Calibrator
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def predict_p_up(self, X: np.ndarray) -> np.ndarray:

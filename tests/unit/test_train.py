@@ -1,4 +1,4 @@
-"""Tests for ml/train.py: dataset, purged walk-forward CV, out-of-fold calibration, bundle, known answers."""
+"""Tests for training: label params, dataset, session split, purged walk-forward CV, calibration, bundle, CLI."""
 
 from __future__ import annotations
 
@@ -19,11 +19,15 @@ from config.settings import AppConfig, load_config
 from core.costs import commission_function
 from feeds.bars import frame_fingerprint
 from feeds.synthetic import SYNTHETIC_LABEL, generate_universe
-from ml import train
-from ml.features import FEATURE_NAMES, compute_features
+from ml import pipeline, train
+from ml.dataset import Dataset, build_dataset
+from ml.features import FEATURE_NAMES, WARMUP_BARS, compute_features
 from ml.label_params import label_params
 from ml.labels import triple_barrier_labels
 from ml.model import IsotonicCalibrator, ModelBundle, ModelError
+from ml.pipeline import make_pipeline
+from ml.split import purged_walk_forward_splits, split_sessions
+from ml.training_report import REPORT_FILE
 
 GAP = FEATURE_NAMES.index("gap")
 SMALL = ["data.synthetic.sessions=15", 'data.synthetic.symbols=["A", "B"]', "model.max_iter=30"]
@@ -45,9 +49,9 @@ def small_frames(cfg: AppConfig) -> dict[str, pd.DataFrame]:
     return generate_universe(cfg.data.synthetic)
 
 
-def small_dataset(cfg: AppConfig) -> train.Dataset:
+def small_dataset(cfg: AppConfig) -> Dataset:
     commission = commission_function(cfg.costs.commission, cfg.costs.tiered_monthly_shares)
-    return train.build_dataset(small_frames(cfg), label_params(cfg), commission)
+    return build_dataset(small_frames(cfg), label_params(cfg), commission)
 
 
 @pytest.fixture(autouse=True)
@@ -144,7 +148,7 @@ def test_build_dataset_keeps_eligible_rows_with_full_history_and_matches_per_sym
     np.testing.assert_array_equal(ds.X[mine], feats.loc[expected].to_numpy())
     np.testing.assert_array_equal(ds.net_return[mine], labels.loc[expected, "net_return"].to_numpy())
     assert ds.t_end[mine].equals(pd.DatetimeIndex(labels.loc[expected, "exit_time"]))
-    assert ds.t[mine][0] == bars.index[train.WARMUP_BARS - 1]
+    assert ds.t[mine][0] == bars.index[WARMUP_BARS - 1]
     # only the first session's gap is unknown
     first_day = ds.t.tz_convert("America/New_York").normalize() == ds.t.tz_convert("America/New_York")[0].normalize()
     assert np.isnan(ds.X[first_day, GAP]).all()
@@ -156,7 +160,7 @@ def test_build_dataset_without_enough_history_fails_clearly(tmp_path: Path) -> N
     short = {sym: f.iloc[:40] for sym, f in small_frames(cfg).items()}
 
     with pytest.raises(ModelError, match="no label-eligible samples"):
-        train.build_dataset(short, label_params(cfg), commission_function("ibkr_fixed"))
+        build_dataset(short, label_params(cfg), commission_function("ibkr_fixed"))
 
 
 # ---------------------------------------------------------------------------------------- split sessions
@@ -168,7 +172,7 @@ def test_split_sessions_cuts_every_symbol_at_the_same_exchange_date(tmp_path: Pa
     local = frames["B"].index.tz_convert("America/New_York").normalize()
     frames["B"] = frames["B"].loc[local >= local.unique()[2]]  # B starts two sessions later
 
-    first, rest = train.split_sessions(frames, 0.6)
+    first, rest = split_sessions(frames, 0.6)
 
     dates = frames["A"].index.tz_convert("America/New_York").normalize().unique()
     cutoff = dates[6]
@@ -182,7 +186,7 @@ def test_split_sessions_rejects_a_single_session(tmp_path: Path) -> None:
     frames = {"A": small_frames(make_cfg(tmp_path / "m", *SMALL))["A"].iloc[:390]}
 
     with pytest.raises(ModelError, match="at least 2 trading sessions"):
-        train.split_sessions(frames, 0.5)
+        split_sessions(frames, 0.5)
 
 
 # ------------------------------------------------------------------------------------------ purged splits
@@ -192,7 +196,7 @@ def test_purged_splits_known_answer_on_a_tiny_example() -> None:
     t = pd.date_range("2024-01-02 14:30", periods=12, freq="1min", tz="UTC")
     t_end = t + pd.Timedelta(minutes=2)
 
-    splits = train.purged_walk_forward_splits(t, t_end, n_folds=2, embargo=pd.Timedelta(minutes=1))
+    splits = purged_walk_forward_splits(t, t_end, n_folds=2, embargo=pd.Timedelta(minutes=1))
 
     assert [(list(tr), list(te)) for tr, te in splits] == [
         ([0, 1], [4, 5, 6, 7]),
@@ -206,7 +210,7 @@ def test_purged_splits_never_overlap_the_test_fold_and_honour_the_embargo(tmp_pa
     embargo = pd.Timedelta(minutes=cfg.model.embargo_bars)
     t, t_end = ds.t.asi8, ds.t_end.asi8
 
-    splits = train.purged_walk_forward_splits(ds.t, ds.t_end, cfg.model.cv_folds, embargo)
+    splits = purged_walk_forward_splits(ds.t, ds.t_end, cfg.model.cv_folds, embargo)
 
     assert len(splits) == cfg.model.cv_folds
     previous_stop = None
@@ -244,13 +248,13 @@ class SpyCalibrator(IsotonicCalibrator):
 def test_calibrators_are_fit_only_on_out_of_fold_predictions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = SpyCalibrator.calls
     calls.clear()
-    monkeypatch.setattr(train, "IsotonicCalibrator", SpyCalibrator)
+    monkeypatch.setattr(pipeline, "IsotonicCalibrator", SpyCalibrator)
     cfg = make_cfg(tmp_path / "m", *SMALL)
     ds = small_dataset(cfg)
-    splits = train.purged_walk_forward_splits(ds.t, ds.t_end, cfg.model.cv_folds,
+    splits = purged_walk_forward_splits(ds.t, ds.t_end, cfg.model.cv_folds,
                                               pd.Timedelta(minutes=cfg.model.embargo_bars))
     # the out-of-fold score of each test sample, from a model that never saw it
-    oof = [clone(train.make_pipeline(cfg.model)).fit(ds.X[tr], ds.y[tr]).predict_proba(ds.X[te])[:, 1]
+    oof = [clone(make_pipeline(cfg.model)).fit(ds.X[tr], ds.y[tr]).predict_proba(ds.X[te])[:, 1]
            for tr, te in splits]
 
     bundle, _ = train.train_model(cfg, small_frames(cfg), "spy", progress=False)
@@ -295,7 +299,7 @@ def test_train_model_saves_a_bundle_that_reloads_with_matching_expectations(smal
 
 def test_training_report_is_written_next_to_the_bundle_and_in_the_run_dir(small_run: dict[str, Any]) -> None:
     for where in (Path(small_run["cfg"].model.path), small_run["root"] / "run"):
-        report = json.loads((where / train.REPORT_FILE).read_text(encoding="utf-8"))
+        report = json.loads((where / REPORT_FILE).read_text(encoding="utf-8"))
         folds = report["cv"]["folds"]
         assert folds[0]["at_threshold"] == {"n_trades": None, "precision": None, "ev_per_trade": None}
         assert all(f["at_threshold"]["n_trades"] is not None for f in folds[1:])
