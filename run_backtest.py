@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from config.settings import AppConfig, ConfigError, dump_config, load_config
-from feeds.bars import BarDataError, frame_fingerprint
+from feeds.bars import BarDataError
 from feeds.universe import load_universe
-from ml.model import ModelBundle, ModelError
+from ml.model import ModelError
 
 logger = logging.getLogger("run_backtest")
 
@@ -64,30 +64,6 @@ def resolve_config(args: argparse.Namespace) -> AppConfig:
     return load_config(args.config, overrides)
 
 
-def obtain_model(cfg: AppConfig, train_frames: dict, data_label: str, run_dir: Path, *, retrain: bool,
-                 explicit: bool, progress: bool) -> ModelBundle:
-    """Load the configured model bundle, or train it when missing, forced, or trained on other data."""
-    from ml.label_params import label_params  # noqa: PLC0415
-    from ml.train import train_model  # noqa: PLC0415 - training is optional
-    from ml.training_report import format_report  # noqa: PLC0415
-
-    expect = {"bar_size": cfg.data.bar_size, "label_params": label_params(cfg).to_dict()}
-    path = Path(cfg.model.path)
-    if not retrain and (path / "metadata.json").exists():
-        bundle = ModelBundle.load(path, expect=expect)
-        same_data = bundle.metadata.get("data_fingerprint") == frame_fingerprint(train_frames)
-        if same_data or explicit:
-            if not same_data:
-                logger.warning("model %s was trained on other data (%s)", path, bundle.metadata.get("data_label"))
-            logger.info("using model %s", path)
-            return bundle
-        logger.info("model %s was trained on other data; retraining on this data", path)
-    print(f"Training {cfg.model.kind} model on {sum(len(f) for f in train_frames.values()):,} bars ...")
-    bundle, report = train_model(cfg, train_frames, data_label, run_dir=run_dir, progress=progress)
-    print(format_report(report))
-    return bundle
-
-
 def save_chart(cerebro: Any, path: Path) -> None:
     """Save backtrader's chart (prices, p_up, risk observers) headless."""
     import matplotlib  # noqa: PLC0415
@@ -113,6 +89,7 @@ def run(cfg: AppConfig, args: argparse.Namespace) -> dict[str, Any]:
     """Train/load, backtest out of sample, write the reports; return the summary."""
     from analyzers.performance import Progress  # noqa: PLC0415
     from analyzers.report import format_summary, write_reports, write_summary  # noqa: PLC0415
+    from ml.lifecycle import obtain_backtest_model  # noqa: PLC0415
     from ml.split import split_sessions  # noqa: PLC0415
     from strategies.engine import build_cerebro, run_cerebro  # noqa: PLC0415
     from strategies.ml_strategy import strategy_params  # noqa: PLC0415
@@ -126,8 +103,8 @@ def run(cfg: AppConfig, args: argparse.Namespace) -> dict[str, Any]:
     if universe.synthetic:
         print(f"Data: {universe.label}")
     train_frames, test_frames = split_sessions(universe.frames, cfg.model.train_fraction)
-    bundle = obtain_model(cfg, train_frames, universe.label, run_dir, retrain=args.retrain,
-                          explicit=args.model is not None, progress=not args.quiet)
+    bundle = obtain_backtest_model(cfg, train_frames, universe.label, run_dir, retrain=args.retrain,
+                                   explicit=args.model is not None, progress=not args.quiet)
     kwargs = {**strategy_params(cfg), "model": bundle}
     cerebro = build_cerebro(test_frames, kwargs, starting_cash=cfg.backtest.starting_cash,
                             commission=cfg.costs.commission, tiered_monthly_shares=cfg.costs.tiered_monthly_shares,

@@ -26,7 +26,8 @@ from zoneinfo import ZoneInfo
 
 from config.settings import CONFIG_DIR, AppConfig, ConfigError, load_config
 from feeds.bars import BarDataError
-from ml.model import ModelBundle, ModelError
+from ml.lifecycle import load_live_model
+from ml.model import ModelError
 
 logger = logging.getLogger("run_live")
 
@@ -84,24 +85,6 @@ def setup_logging(log_dir: str, quiet: bool) -> None:
     logging.getLogger("ib_async.wrapper").setLevel(logging.CRITICAL)
 
 
-def obtain_model(cfg: AppConfig, train_if_missing: bool) -> ModelBundle:
-    """Load the configured model (checked against the config); train the demo model first under --sim."""
-    from ml.label_params import label_params  # noqa: PLC0415
-
-    expect = {"bar_size": cfg.data.bar_size, "label_params": label_params(cfg).to_dict()}
-    path = Path(cfg.model.path)
-    if not (path / "metadata.json").exists() and train_if_missing:
-        from feeds.universe import load_universe  # noqa: PLC0415
-        from ml.split import split_sessions  # noqa: PLC0415
-        from ml.train import train_model  # noqa: PLC0415
-
-        universe = load_universe(cfg)
-        train_frames, _ = split_sessions(universe.frames, cfg.model.train_fraction)
-        logger.info("no model at %s: training the demo model on %s", path, universe.label)
-        train_model(cfg, train_frames, universe.label, progress=False)
-    return ModelBundle.load(path, expect=expect)
-
-
 def start_sim(cfg: AppConfig, args: argparse.Namespace) -> tuple[Any, AppConfig]:
     """Start ibsim in-process on a free port at ``live.sim_speed``; return it and the config pointing at it."""
     from feeds.universe import load_universe  # noqa: PLC0415
@@ -147,7 +130,7 @@ def run(cfg: AppConfig, args: argparse.Namespace) -> int:
             print(f"flattened: {sold or 'nothing of ours was open'}")
             return 0
         session.qualify(cfg.data.symbols)  # a symbol IB does not know is named before a model is loaded
-        model = obtain_model(cfg, train_if_missing=args.sim)
+        model = load_live_model(cfg, train_if_missing=args.sim)
         until = datetime.strptime(args.until, "%Y-%m-%d %H:%M").replace(tzinfo=NY) if args.until else None
         kill = safety.KillSwitch(cfg.live.kill_switch_file, install_signal=True)
         live = lv.build_live(cfg, session, state, model, kill_switch=kill, clock=clock, max_bars=args.max_bars,
