@@ -109,10 +109,9 @@ def benchmark_series(cfg: AppConfig, frames: dict) -> tuple[str, Any]:
 
 def run(cfg: AppConfig, args: argparse.Namespace) -> dict[str, Any]:
     """Train/load, backtest out of sample, write the reports; return the summary."""
-    from analyzers.performance import Progress  # noqa: PLC0415
     from analyzers.report import format_summary, write_reports, write_summary  # noqa: PLC0415
+    from engines.backtest import Progress, build_cerebro, run_cerebro  # noqa: PLC0415
     from ml.train import split_sessions  # noqa: PLC0415
-    from strategies.engine import build_cerebro, run_cerebro  # noqa: PLC0415
     from strategies.ml_strategy import strategy_params  # noqa: PLC0415
 
     started = time.monotonic()

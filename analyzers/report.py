@@ -14,7 +14,7 @@ import pandas as pd
 from core.files import atomic_write, atomic_write_json
 from core.records import BACKTEST_BLOCK_REASONS as BLOCK_REASONS
 from core.records import ExitReason
-from strategies.engine import BacktestResult
+from engines.backtest import BacktestResult
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@
 
 In one run, on the same bars, it measures and prints:
 
-1. bars per second of the full strategy (``strategies.engine.build_cerebro`` exactly as ``run_backtest.py``
+1. bars per second of the full strategy (``engines.backtest.build_cerebro`` exactly as ``run_backtest.py``
    wires it: ``BarFrameFeed``, ``MLStrategy`` with an ``MLSignal`` on a real trained ``ModelBundle``, the risk
    gates, OCO brackets and the ``DailyEquity`` analyzer; the risk observers only feed ``--plot`` charts and
    are off, as in ``run_backtest.py``) and of a baseline (backtrader's
@@ -115,7 +115,7 @@ def _baseline_once(naive_frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
 
 def _full_once(frames: dict[str, pd.DataFrame], cfg: Any, bundle: Any) -> dict[str, Any]:
     """``build_cerebro`` + ``run_cerebro`` as ``run_backtest.py`` wires them; return seconds and outcome."""
-    from strategies import engine  # noqa: PLC0415
+    from engines import backtest as engine  # noqa: PLC0415
     from strategies.ml_strategy import strategy_params  # noqa: PLC0415
 
     cpu, started = time.process_time(), time.perf_counter()

@@ -1,6 +1,6 @@
 """Wire ``Cerebro`` for live trading: polling IB feeds, the IB broker, the same ``MLStrategy`` and sizer.
 
-It mirrors :func:`strategies.engine.build_cerebro`; only the feeds and the broker differ. backtrader runs with
+It mirrors :func:`engines.backtest.build_cerebro`; only the feeds and the broker differ. backtrader runs with
 ``quicknotify=False`` as in the backtest, so an order event reaches the strategy right before the next bar's
 decision, exactly when it does in the backtest (the native bracket children protect the position at IB in the
 meantime). :class:`LiveHooks` plugs the live concerns into ``MLStrategy``: the entry gate (kill switch, IB
