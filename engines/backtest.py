@@ -1,8 +1,9 @@
 """The backtest engine: bar frames, backtrader's broker with IBKR costs, ``MLStrategy``, its sizer and the
 analyzers wired into one ``Cerebro``, run, and collected into a :class:`BacktestResult` for the reports.
 
-:func:`build_cerebro` then :func:`run_cerebro` is what ``run_backtest.py``, the tests and
-``benchmarks.backtest`` call. The live engine adds the same strategy to IB's feed and broker instead.
+:func:`run_backtest` is what ``run_backtest.py`` calls; it is :func:`build_cerebro` then :func:`run_cerebro`,
+the two steps the tests and ``benchmarks.backtest`` call directly. The live engine adds the same strategy
+to IB's feed and broker instead.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import backtrader as bt
 import pandas as pd
@@ -19,9 +21,13 @@ import pandas as pd
 from core.costs import IBKRCommission, commission_function
 from core.records import TradeRecord
 from feeds.pandas_feed import BarFrameFeed
-from strategies.ml_strategy import MLStrategy
+from strategies.ml_strategy import MLStrategy, strategy_params
 from strategies.observers import RISK_OBSERVERS
 from strategies.sizer import FixedFractionSizer
+
+if TYPE_CHECKING:
+    from config.settings import AppConfig
+    from ml.model import ModelBundle
 
 logger = logging.getLogger(__name__)
 
@@ -145,3 +151,37 @@ def run_cerebro(cerebro: bt.Cerebro) -> BacktestResult:
         columns=["date", "reason", "count"])
     bars = sum(len(d) for d in strat.datas)
     return BacktestResult(strat, trades, equity, drawdown, blocked, bars)
+
+
+def save_chart(cerebro: bt.Cerebro, path: Path) -> None:
+    """Save backtrader's chart (prices, p_up, risk observers) of a finished run, headless."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    figures = cerebro.plot(iplot=False, style="line", volume=False, numfigs=1)
+    figures[0][0].set_size_inches(16, 3 + 2 * len(cerebro.datas))
+    figures[0][0].savefig(path, dpi=90)
+
+
+def run_backtest(cfg: AppConfig, frames: Mapping[str, pd.DataFrame], model: ModelBundle, *,
+                 progress: bool = True, chart: Path | None = None) -> BacktestResult:
+    """Backtest ``model`` on ``frames`` with the strategy, risk, cost and cash settings of ``cfg``.
+
+    Parameters
+    ----------
+    progress
+        Show a progress bar over the bars.
+    chart
+        Record the risk observers and save backtrader's chart there (slower); ``None``: neither.
+    """
+    cerebro = build_cerebro(frames, {**strategy_params(cfg), "model": model},
+                            starting_cash=cfg.backtest.starting_cash,
+                            risk_per_trade_fraction=cfg.risk.risk_per_trade_fraction,
+                            commission=cfg.costs.commission, tiered_monthly_shares=cfg.costs.tiered_monthly_shares,
+                            calendar=cfg.data.calendar, observers=chart is not None)
+    if progress:
+        cerebro.addanalyzer(Progress, total=max(len(f) for f in frames.values()), desc="backtest")
+    result = run_cerebro(cerebro)
+    if chart is not None:
+        save_chart(cerebro, chart)
+    return result
