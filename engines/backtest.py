@@ -102,27 +102,32 @@ def build_cerebro(
     strategy_kwargs: dict[str, Any],
     *,
     starting_cash: float,
+    risk_per_trade_fraction: float,
     commission: str = "ibkr_fixed",
     tiered_monthly_shares: int = 0,
-    risk_per_trade_fraction: float = 0.002,
     calendar: str = "XNYS",
     observers: bool = True,
 ) -> bt.Cerebro:
-    """Return a configured ``Cerebro`` (runonce + preload; the default observers are off, ours are on)."""
+    """Return a configured ``Cerebro`` (runonce + preload; the default observers are off, ours are on).
+
+    The sizer's stop-loss and slippage are the strategy's (``strategy_kwargs``, else ``MLStrategy``'s
+    defaults), so the size and the bracket always agree.
+    """
     cerebro = bt.Cerebro(stdstats=False, runonce=True, preload=True, quicknotify=False)
-    bar_minutes = int(strategy_kwargs.get("bar_minutes", 1))
+    params = {**MLStrategy.params._getpairs(), **strategy_kwargs}  # what the strategy will run with
+    bar_minutes = int(params["bar_minutes"])
+    stop_loss = float(params["stop_loss"])
+    slippage = float(params["slippage"])
     for sym, frame in frames.items():
         cerebro.adddata(BarFrameFeed(frame=frame, bar_minutes=bar_minutes, exchange=calendar), name=sym)
     broker = cerebro.getbroker()
     broker.setcash(starting_cash)
     broker.addcommissioninfo(IBKRCommission(fn=commission_function(commission, tiered_monthly_shares)))
-    broker.set_slippage_perc(float(strategy_kwargs.get("slippage", 0.0)), slip_open=True, slip_limit=True,
-                             slip_match=True, slip_out=False)
+    broker.set_slippage_perc(slippage, slip_open=True, slip_limit=True, slip_match=True, slip_out=False)
     broker.set_coc(False)
     cerebro.addstrategy(MLStrategy, **strategy_kwargs)
-    cerebro.addsizer(FixedFractionSizer, risk_fraction=risk_per_trade_fraction,
-                     stop_loss=float(strategy_kwargs.get("stop_loss", 0.004)),
-                     slippage=float(strategy_kwargs.get("slippage", 0.0)))
+    cerebro.addsizer(FixedFractionSizer, risk_fraction=risk_per_trade_fraction, stop_loss=stop_loss,
+                     slippage=slippage)
     if observers:
         for obs in RISK_OBSERVERS:
             cerebro.addobserver(obs)
