@@ -120,7 +120,7 @@ class LiveHooks:
     def _after_live_bar(self, strategy: Any, newest: float) -> None:
         t = bt.num2date(newest)
         live = [d for d in strategy.datas if not getattr(d, "historical", False) and len(d)]
-        if live and min(float(d.mtc[0]) for d in live) <= 0:
+        if live and min(float(d.minutes_to_close[0]) for d in live) <= 0:
             self.write_summary(exchange_day(t))
         if (self.max_bars is not None and self.live_bars >= self.max_bars) or (
                 self.until is not None and t >= self.until.replace(tzinfo=None)):
