@@ -4,7 +4,7 @@
 #
 #   ./dev.sh backtest [run_backtest.py options]   train the demo model if needed, backtest, write a tearsheet
 #   ./dev.sh test [pytest options]                run the test suite
-#   ./dev.sh lint                                 ruff check + mypy
+#   ./dev.sh lint                                 ruff check + import contracts (lint-imports) + mypy
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -42,7 +42,9 @@ case "$cmd" in
     lint)
         ensure_venv requirements-dev.txt
         "$VENV/bin/python" -m ruff check .
-        exec "$VENV/bin/python" -m mypy core config feeds ml strategies analyzers ibsim benchmarks run_backtest.py run_live.py
+        "$VENV/bin/lint-imports"
+        exec "$VENV/bin/python" -m mypy core config feeds ml strategies engines analyzers ibsim benchmarks \
+            run_backtest.py run_live.py
         ;;
     *)
         sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'

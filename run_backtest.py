@@ -15,14 +15,16 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from config.settings import AppConfig, ConfigError, dump_config, load_config
+from analyzers.report import format_summary, open_run_dir, report_backtest
+from config.settings import AppConfig, ConfigError, load_config
+from engines.backtest import run_backtest
 from feeds.bars import BarDataError
 from feeds.universe import load_universe
+from ml.lifecycle import obtain_backtest_model
 from ml.model import ModelError
+from ml.split import split_sessions
 
 logger = logging.getLogger("run_backtest")
 
@@ -64,70 +66,22 @@ def resolve_config(args: argparse.Namespace) -> AppConfig:
     return load_config(args.config, overrides)
 
 
-def save_chart(cerebro: Any, path: Path) -> None:
-    """Save backtrader's chart (prices, p_up, risk observers) headless."""
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    figures = cerebro.plot(iplot=False, style="line", volume=False, numfigs=1)
-    figures[0][0].set_size_inches(16, 3 + 2 * len(cerebro.datas))
-    figures[0][0].savefig(path, dpi=90)
-    print(f"Chart: {path}")
-
-
-def benchmark_series(cfg: AppConfig, frames: dict) -> tuple[str, Any]:
-    """Return (name, daily close) of the benchmark: the configured symbol or the first symbol."""
-    from analyzers.report import daily_close  # noqa: PLC0415
-
-    name = cfg.backtest.benchmark or next(iter(frames))
-    if name not in frames:
-        raise BarDataError(f"backtest.benchmark = {name!r} is not among the loaded symbols {list(frames)}")
-    return name, daily_close(frames[name])
-
-
 def run(cfg: AppConfig, args: argparse.Namespace) -> dict[str, Any]:
     """Train/load, backtest out of sample, write the reports; return the summary."""
-    from analyzers.performance import Progress  # noqa: PLC0415
-    from analyzers.report import format_summary, write_reports, write_summary  # noqa: PLC0415
-    from ml.lifecycle import obtain_backtest_model  # noqa: PLC0415
-    from ml.split import split_sessions  # noqa: PLC0415
-    from strategies.engine import build_cerebro, run_cerebro  # noqa: PLC0415
-    from strategies.ml_strategy import strategy_params  # noqa: PLC0415
-
     started = time.monotonic()
-    run_id = args.run_id or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(cfg.backtest.reports_dir) / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, run_dir / "config.toml")
+    run_dir = open_run_dir(cfg, args.run_id)
     universe = load_universe(cfg)
     if universe.synthetic:
         print(f"Data: {universe.label}")
     train_frames, test_frames = split_sessions(universe.frames, cfg.model.train_fraction)
     bundle = obtain_backtest_model(cfg, train_frames, universe.label, run_dir, retrain=args.retrain,
                                    explicit=args.model is not None, progress=not args.quiet)
-    kwargs = {**strategy_params(cfg), "model": bundle}
-    cerebro = build_cerebro(test_frames, kwargs, starting_cash=cfg.backtest.starting_cash,
-                            commission=cfg.costs.commission, tiered_monthly_shares=cfg.costs.tiered_monthly_shares,
-                            risk_per_trade_fraction=cfg.risk.risk_per_trade_fraction, calendar=cfg.data.calendar,
-                            observers=args.plot)
-    if not args.quiet:
-        cerebro.addanalyzer(Progress, total=max(len(f) for f in test_frames.values()), desc="backtest")
-    result = run_cerebro(cerebro)
-    if args.plot:
-        save_chart(cerebro, run_dir / "chart.png")
-    bench_name, bench_close = benchmark_series(cfg, test_frames)
-    first = min(f.index[0] for f in test_frames.values())
-    last = max(f.index[-1] for f in test_frames.values())
-    extra = {"run_id": run_id, "symbols": list(test_frames), "bar_size": cfg.data.bar_size,
-             "first_day": str(first.tz_convert("America/New_York").date()),
-             "last_day": str(last.tz_convert("America/New_York").date()),
-             "model": str(cfg.model.path), "model_cv_auc": bundle.metadata.get("cv", {}).get("mean_auc"),
-             "out_of_sample": True}
-    summary = write_reports(run_dir, result, starting_cash=cfg.backtest.starting_cash, benchmark_close=bench_close,
-                            benchmark_name=bench_name, data_label=universe.label, synthetic=universe.synthetic,
-                            model_metadata=bundle.metadata, extra=extra, tearsheet=cfg.backtest.tearsheet)
-    summary["runtime_seconds"] = round(time.monotonic() - started, 1)
-    write_summary(run_dir, summary)
+    chart = run_dir / "chart.png" if args.plot else None
+    result = run_backtest(cfg, test_frames, bundle, progress=not args.quiet, chart=chart)
+    if chart is not None:
+        print(f"Chart: {chart}")
+    summary = report_backtest(run_dir, cfg, result, test_frames, data_label=universe.label,
+                              synthetic=universe.synthetic, model_metadata=bundle.metadata, started=started)
     print(format_summary(summary))
     print(f"Reports: {run_dir}/")
     if "tearsheet" in summary:

@@ -1,29 +1,43 @@
-"""Run reports: trades.csv, daily.csv, summary.json, the resolved config, model metadata, and a quantstats
-HTML tearsheet on **daily** returns against a benchmark given as a pandas Series (no network).
+"""Backtest reports: the run folder (``reports/<run-id>/``) with the resolved config, trades.csv, daily.csv,
+model metadata, summary.json, and a quantstats HTML tearsheet on **daily** returns against a benchmark given
+as a pandas Series (no network). They read the :class:`engines.backtest.BacktestResult` of a finished run.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from config.settings import AppConfig, dump_config
+from core.calendar import exchange_day, local_dates
 from core.files import atomic_write, atomic_write_json
 from core.records import BACKTEST_BLOCK_REASONS as BLOCK_REASONS
 from core.records import ExitReason
-from strategies.engine import BacktestResult
+from engines.backtest import BacktestResult
+from feeds.bars import BarDataError
 
 logger = logging.getLogger(__name__)
 
 
+def open_run_dir(cfg: AppConfig, run_id: str | None = None) -> Path:
+    """Create the run's report folder (``backtest.reports_dir/<run_id>``, default run id: the UTC time) and
+    save the resolved config in it as ``config.toml``."""
+    run_dir = Path(cfg.backtest.reports_dir) / (run_id or datetime.now(UTC).strftime("%Y%m%d-%H%M%S"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, run_dir / "config.toml")
+    return run_dir
+
 
 def daily_close(frame: pd.DataFrame) -> pd.Series:
     """Return the last close of each exchange session, indexed by session date."""
-    local = frame.index.tz_convert("America/New_York")
-    closes = frame["close"].groupby(local.tz_localize(None).normalize()).last()
+    closes = frame["close"].groupby(local_dates(pd.DatetimeIndex(frame.index))).last()
     closes.index = pd.DatetimeIndex(closes.index, name="date")
     return closes
 
@@ -44,7 +58,7 @@ def daily_table(result: BacktestResult, starting_cash: float) -> pd.DataFrame:
     days = result.daily_equity.index
     table = pd.DataFrame(index=days)
     trades = result.trades
-    exit_day = pd.DatetimeIndex(trades["exit_time"]).tz_convert("America/New_York").tz_localize(None).normalize()
+    exit_day = local_dates(pd.DatetimeIndex(trades["exit_time"]))
     grouped = trades.assign(day=exit_day, win=trades["pnl"] > 0).groupby("day")
     table["trades"] = grouped.size().reindex(days).fillna(0).astype(int)
     table["wins"] = grouped["win"].sum().reindex(days).fillna(0).astype(int)
@@ -161,6 +175,42 @@ def write_reports(
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     """Write ``summary.json`` (atomically)."""
     atomic_write_json(run_dir / "summary.json", summary)
+
+
+def benchmark_series(cfg: AppConfig, frames: Mapping[str, pd.DataFrame]) -> tuple[str, pd.Series]:
+    """Return (name, daily close) of the benchmark: the configured symbol or the first symbol.
+
+    Raises
+    ------
+    BarDataError
+        When ``backtest.benchmark`` names a symbol that is not among ``frames``.
+    """
+    name = cfg.backtest.benchmark or next(iter(frames))
+    if name not in frames:
+        raise BarDataError(f"backtest.benchmark = {name!r} is not among the loaded symbols {list(frames)}")
+    return name, daily_close(frames[name])
+
+
+def report_backtest(run_dir: Path, cfg: AppConfig, result: BacktestResult, frames: Mapping[str, pd.DataFrame], *,
+                    data_label: str, synthetic: bool, model_metadata: dict[str, Any],
+                    started: float) -> dict[str, Any]:
+    """Write every report of an out-of-sample backtest of ``frames`` (``summary.json`` last); return the summary.
+
+    ``started`` is the run's :func:`time.monotonic` start, for ``runtime_seconds``.
+    """
+    bench_name, bench_close = benchmark_series(cfg, frames)
+    first = min(f.index[0] for f in frames.values())
+    last = max(f.index[-1] for f in frames.values())
+    extra = {"run_id": run_dir.name, "symbols": list(frames), "bar_size": cfg.data.bar_size,
+             "first_day": exchange_day(first), "last_day": exchange_day(last),
+             "model": str(cfg.model.path), "model_cv_auc": model_metadata.get("cv", {}).get("mean_auc"),
+             "out_of_sample": True}
+    summary = write_reports(run_dir, result, starting_cash=cfg.backtest.starting_cash, benchmark_close=bench_close,
+                            benchmark_name=bench_name, data_label=data_label, synthetic=synthetic,
+                            model_metadata=model_metadata, extra=extra, tearsheet=cfg.backtest.tearsheet)
+    summary["runtime_seconds"] = round(time.monotonic() - started, 1)
+    write_summary(run_dir, summary)
+    return summary
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -6,8 +6,8 @@
 
 In one run, on the same bars, it measures and prints:
 
-1. bars per second of the full strategy (``strategies.engine.build_cerebro`` exactly as ``run_backtest.py``
-   wires it: ``BarFrameFeed``, ``MLStrategy`` with an ``MLSignal`` on a real trained ``ModelBundle``, the risk
+1. bars per second of the full strategy (``engines.backtest.run_backtest`` exactly as ``run_backtest.py``
+   calls it: ``BarFrameFeed``, ``MLStrategy`` with an ``MLSignal`` on a real trained ``ModelBundle``, the risk
    gates, OCO brackets and the ``DailyEquity`` analyzer; the risk observers only feed ``--plot`` charts and
    are off, as in ``run_backtest.py``) and of a baseline (backtrader's
    stock ``bt.feeds.PandasData`` with an empty ``bt.Strategy``, ``stdstats=False, runonce=True,
@@ -16,7 +16,7 @@ In one run, on the same bars, it measures and prints:
 3. the peak resident memory of every run (``ru_maxrss`` of a fresh process per run);
 4. the time of the purged walk-forward CV plus the final fit on about 1M training samples.
 
-What is timed: from building the ``Cerebro`` to the end of the run (``run_cerebro`` collects the result
+What is timed: from building the ``Cerebro`` to the end of the run (``run_backtest`` collects the result
 frames too); feed preloading and the indicator's batched ``once()`` are included. Not timed: generating or
 loading the bars, training the backtest's model, starting the process. ``PandasData`` gets tz-naive UTC
 frames (converted before the clock starts) so backtrader's per-bar tz conversion is not charged to the
@@ -114,17 +114,12 @@ def _baseline_once(naive_frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
 
 
 def _full_once(frames: dict[str, pd.DataFrame], cfg: Any, bundle: Any) -> dict[str, Any]:
-    """``build_cerebro`` + ``run_cerebro`` as ``run_backtest.py`` wires them; return seconds and outcome."""
-    from strategies import engine  # noqa: PLC0415
-    from strategies.ml_strategy import strategy_params  # noqa: PLC0415
+    """The backtest engine's ``run_backtest`` as ``run_backtest.py`` calls it (no progress bar, no chart);
+    return seconds and outcome."""
+    from engines.backtest import run_backtest  # noqa: PLC0415
 
     cpu, started = time.process_time(), time.perf_counter()
-    cerebro = engine.build_cerebro(frames, {**strategy_params(cfg), "model": bundle},
-                                   starting_cash=cfg.backtest.starting_cash, commission=cfg.costs.commission,
-                                   tiered_monthly_shares=cfg.costs.tiered_monthly_shares,
-                                   risk_per_trade_fraction=cfg.risk.risk_per_trade_fraction,
-                                   calendar=cfg.data.calendar, observers=False)
-    result = engine.run_cerebro(cerebro)
+    result = run_backtest(cfg, frames, bundle, progress=False)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     blocked = int(result.blocked["count"].sum()) if len(result.blocked) else 0
     final = float(result.daily_equity.iloc[-1]) if len(result.daily_equity) else math.nan
@@ -288,9 +283,11 @@ def _subset(frames: dict[str, pd.DataFrame], n: int) -> dict[str, pd.DataFrame]:
 
 def _first_sessions(frames: dict[str, pd.DataFrame], sessions: int, symbols: int) -> dict[str, pd.DataFrame]:
     """Return the first ``sessions`` exchange dates of the first ``symbols`` frames (the model's slice)."""
+    from core.calendar import local_dates  # noqa: PLC0415
+
     out = {}
     for sym, f in _subset(frames, symbols).items():
-        days = f.index.tz_convert("America/New_York").normalize()
+        days = local_dates(pd.DatetimeIndex(f.index))
         cut = days.unique()[: sessions]
         out[sym] = f.loc[days.isin(cut)]
     return out

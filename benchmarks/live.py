@@ -47,7 +47,7 @@ import backtrader as bt
 import pandas as pd
 
 from config.settings import LiveConfig, SyntheticConfig
-from core.calendar import session_schedule
+from core.calendar import local_dates, parse_exchange_time, session_schedule
 from feeds.ib.budget import RequestBudget
 from feeds.ib.errors import ErrorKind
 from feeds.ib.feed import BarPoller, IBPollingFeed
@@ -147,13 +147,12 @@ class Results:
 def run(days: int, quiet: bool = False, max_cycles: int | None = None) -> Results:
     """Replay ``days`` sessions for 50 symbols and measure every poll cycle."""
     frames = generate_universe(SyntheticConfig(symbols=SYMBOLS, sessions=max(6, days + 1)))
-    first_session = frames[SYMBOLS[0]].index.tz_convert("America/New_York").normalize().unique()
+    first_session = local_dates(pd.DatetimeIndex(frames[SYMBOLS[0]].index)).unique()
     opens, closes = session_schedule("XNYS")
     tmp = tempfile.TemporaryDirectory()
     for symbol, frame in frames.items():
         frame.to_parquet(Path(tmp.name) / f"{symbol}_1min.parquet")
-    day2 = pd.Timestamp(first_session[1]).tz_localize(None)
-    start = pd.Timestamp(f"{day2:%Y-%m-%d} 09:30", tz="America/New_York").to_pydatetime()
+    start = parse_exchange_time(f"{first_session[1]:%Y-%m-%d} 09:30")
     sim = SimProcess(Path(tmp.name), start)
     results = Results()
     try:

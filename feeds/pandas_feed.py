@@ -7,7 +7,7 @@ broker falls back to the bar's own values), keeps time in UTC internally (``date
 as backtrader's brokers and analyzers assume),
 and carries two extra lines the strategy needs without any per-bar date arithmetic:
 
-- ``mtc``: minutes from the bar's end to its session's close (exchange calendar, half days included);
+- ``minutes_to_close``: minutes from the bar's end to its session's close (exchange calendar, half days included);
 - ``session``: the exchange-local date of the bar as an integer key (days since 1970-01-01).
 """
 
@@ -47,12 +47,12 @@ class BarFrameFeed(bt.feed.DataBase):
     frame
         UTC-indexed OHLCV frame.
     bar_minutes
-        Bar length, for the ``mtc`` line.
+        Bar length, for the ``minutes_to_close`` line.
     exchange
         Exchange calendar name.
     """
 
-    lines = ("mtc", "session")
+    lines = ("minutes_to_close", "session")
     params = (("frame", None), ("bar_minutes", 1), ("exchange", "XNYS"))
     _fast_lines: tuple[bt.LineBuffer, ...] | None = None  # every line buffer, once preloaded in one step
 
@@ -73,7 +73,7 @@ class BarFrameFeed(bt.feed.DataBase):
             "datetime": to_bt_num(index),
             **{k: frame[k].to_numpy(dtype="float64") for k in ("open", "high", "low", "close", "volume")},
             "openinterest": np.zeros(len(frame)),
-            "mtc": minutes_to_close(index, self.p.bar_minutes, self.p.exchange),
+            "minutes_to_close": minutes_to_close(index, self.p.bar_minutes, self.p.exchange),
             "session": days.astype("float64"),
         }
         self._cols: list[list[float]] | None = None
@@ -133,9 +133,9 @@ class BarFrameFeed(bt.feed.DataBase):
         if i >= self._n:
             return False
         if self._cols is None:
-            names = ("datetime", "open", "high", "low", "close", "volume", "mtc", "session")
+            names = ("datetime", "open", "high", "low", "close", "volume", "minutes_to_close", "session")
             self._cols = [self._arrays[k].tolist() for k in names]
-        dt, o, h, lo, c, v, mtc, sess = (col[i] for col in self._cols)
+        dt, o, h, lo, c, v, to_close, sess = (col[i] for col in self._cols)
         lines = self.lines
         lines.datetime[0] = dt
         lines.open[0] = o
@@ -144,7 +144,7 @@ class BarFrameFeed(bt.feed.DataBase):
         lines.close[0] = c
         lines.volume[0] = v
         lines.openinterest[0] = 0.0
-        lines.mtc[0] = mtc
+        lines.minutes_to_close[0] = to_close
         lines.session[0] = sess
         self._pos = i + 1
         return True

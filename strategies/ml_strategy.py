@@ -63,12 +63,12 @@ class Book:
 class _FeedLines:
     """One feed with the line buffers the bar loop reads, looked up once (not through backtrader's proxies)."""
 
-    __slots__ = ("data", "mtc", "name", "p_up", "session")
+    __slots__ = ("data", "minutes_to_close", "name", "p_up", "session")
 
     def __init__(self, data: bt.feed.DataBase, signal: bt.Indicator) -> None:
         self.data = data
         self.name: str = data._name
-        self.mtc = data.lines.mtc
+        self.minutes_to_close = data.lines.minutes_to_close
         self.session = data.lines.session
         self.p_up = signal.lines.p_up
 
@@ -229,7 +229,7 @@ class MLStrategy(bt.Strategy):
         """Submit the time exit (EOD or TIMEOUT) of an open position that has no exit working yet."""
         d = f.data
         held = len(d) - book.entry_bar + 1
-        if f.mtc[0] <= self.p.flatten_minutes:
+        if f.minutes_to_close[0] <= self.p.flatten_minutes:
             reason = ExitReason.EOD
         elif held >= self.p.max_hold_bars:
             reason = ExitReason.TIMEOUT
@@ -254,7 +254,7 @@ class MLStrategy(bt.Strategy):
         elif p_up < self.p.p_up_entry_threshold:
             decision = Decision.NO_SIGNAL
         else:
-            ctx = rk.EntryContext(name, f.mtc[0], equity, self._open_count(), self.risk)
+            ctx = rk.EntryContext(name, f.minutes_to_close[0], equity, self._open_count(), self.risk)
             gate = self._gate(name) if self._gate is not None else None
             reason = gate or rk.first_block(self.rules, ctx) or self._enter(d, p_up)
             decision = Decision.ENTER if reason is None else Decision.BLOCKED

@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 import backtrader as bt
 
+from config.settings import RiskConfig, StrategyConfig
+
 logger = logging.getLogger(__name__)
 
 #: Headroom on the entry price when checking cash (the next open may be higher than the signal close).
@@ -42,7 +44,12 @@ class FixedFractionSizer(bt.Sizer):
     available again, so several entries on one bar never overdraw the account.
     """
 
-    params = (("risk_fraction", 0.002), ("stop_loss", 0.004), ("slippage", 0.0))
+    # risk and stop-loss default to the config's values, slippage to none (as MLStrategy); the engines pass all three
+    params = (
+        ("risk_fraction", RiskConfig.model_fields["risk_per_trade_fraction"].default),
+        ("stop_loss", StrategyConfig.model_fields["stop_loss"].default),
+        ("slippage", 0.0),
+    )
 
     def _getsizing(self, comminfo: bt.CommInfoBase, cash: float, data: bt.feed.DataBase, isbuy: bool) -> int:
         if not isbuy:

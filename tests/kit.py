@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from config.settings import SyntheticConfig
+from engines.backtest import BacktestResult, build_cerebro, run_cerebro
 from feeds.synthetic import generate_universe
-from strategies.engine import BacktestResult, build_cerebro, run_cerebro
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class Run:
 def run_backtest(frames: Mapping[str, pd.DataFrame], signals: Mapping[str, pd.Series], *,
                  starting_cash: float = 100_000.0, commission: str = "ibkr_fixed",
                  risk_per_trade_fraction: float = 0.002, **params: Any) -> Run:
-    """Run ``MLStrategy`` on ``frames`` with fixed ``signals`` through :func:`strategies.engine.build_cerebro`."""
+    """Run ``MLStrategy`` on ``frames`` with fixed ``signals`` through :func:`engines.backtest.build_cerebro`."""
     decisions: list[dict[str, Any]] = []
     kwargs = {**params, "signals": dict(signals), "decision_sink": decisions.append}
     cerebro = build_cerebro(frames, kwargs, starting_cash=starting_cash, commission=commission,

@@ -20,8 +20,9 @@ Per symbol (:class:`SymbolTracker`):
 - **stale data**: ``DELAYED`` when no new bar arrived ``stale_after_bars`` bars after one was due (and while
   warm-up bars are delivered), ``DISCONNECTED`` while the session is down, ``LIVE`` otherwise.
 
-Bars carry the same extra lines as :class:`feeds.pandas_feed.BarFrameFeed` (``mtc``, ``session``), computed with
-the same functions, and backtrader's ``datetime`` is the bar **start** in UTC, as in the backtest.
+Bars carry the same extra lines as :class:`feeds.pandas_feed.BarFrameFeed` (``minutes_to_close``,
+``session``), computed with the same functions, and backtrader's ``datetime`` is the bar **start** in UTC, as in
+the backtest.
 """
 
 from __future__ import annotations
@@ -389,7 +390,7 @@ class IBPollingFeed(bt.feed.DataBase):
         not enter on it.
     """
 
-    lines = ("mtc", "session")
+    lines = ("minutes_to_close", "session")
     params = (
         ("session", None), ("symbol", None), ("bar_minutes", 1), ("budget", None), ("warmup_bars", None),
         ("clock", None), ("poll_offset_seconds", None), ("stale_after_bars", None), ("exchange", "XNYS"),
@@ -453,7 +454,7 @@ class IBPollingFeed(bt.feed.DataBase):
         lines.close[0] = bar.close
         lines.volume[0] = bar.volume
         lines.openinterest[0] = 0.0
-        lines.mtc[0] = bar.mtc
+        lines.minutes_to_close[0] = bar.mtc
         lines.session[0] = bar.session
         self.historical = bar.historical
         self._tracker.delivered += 1

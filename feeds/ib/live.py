@@ -1,6 +1,6 @@
 """Wire ``Cerebro`` for live trading: polling IB feeds, the IB broker, the same ``MLStrategy`` and sizer.
 
-It mirrors :func:`strategies.engine.build_cerebro`; only the feeds and the broker differ. backtrader runs with
+It mirrors :func:`engines.backtest.build_cerebro`; only the feeds and the broker differ. backtrader runs with
 ``quicknotify=False`` as in the backtest, so an order event reaches the strategy right before the next bar's
 decision, exactly when it does in the backtest (the native bracket children protect the position at IB in the
 meantime). :class:`LiveHooks` plugs the live concerns into ``MLStrategy``: the entry gate (kill switch, IB
@@ -120,7 +120,7 @@ class LiveHooks:
     def _after_live_bar(self, strategy: Any, newest: float) -> None:
         t = bt.num2date(newest)
         live = [d for d in strategy.datas if not getattr(d, "historical", False) and len(d)]
-        if live and min(float(d.mtc[0]) for d in live) <= 0:
+        if live and min(float(d.minutes_to_close[0]) for d in live) <= 0:
             self.write_summary(exchange_day(t))
         if (self.max_bars is not None and self.live_bars >= self.max_bars) or (
                 self.until is not None and t >= self.until.replace(tzinfo=None)):

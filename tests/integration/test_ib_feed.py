@@ -78,7 +78,7 @@ def test_extra_lines_equal_the_backtest_feeds(session: IBSession) -> None:
     drain(feed)
     index = pd.DatetimeIndex([pd.Timestamp("2024-01-04 09:59", tz=NY)]).tz_convert("UTC")
     assert feed.datetime[0] == to_bt_num(index)[0]
-    assert feed.mtc[0] == minutes_to_close(index, 1)[0] == 360.0
+    assert feed.minutes_to_close[0] == minutes_to_close(index, 1)[0] == 360.0
     assert feed.session[0] == float(session_keys(index)[0][0])
 
 

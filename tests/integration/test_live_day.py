@@ -11,9 +11,9 @@ import backtrader as bt
 import pandas as pd
 import pytest
 
+from engines.backtest import build_cerebro
 from feeds.ib import mapping as mp
 from ibsim import IBSim, SimConfig
-from strategies.engine import build_cerebro
 from strategies.ml_strategy import strategy_params
 from tests.integration import live_support as ls
 

@@ -44,7 +44,7 @@ class _Record(bt.Strategy):
     def next(self) -> None:
         for d in self.datas:
             if len(d):
-                extra = (d.mtc[0], d.session[0]) if self.p.extra else ()
+                extra = (d.minutes_to_close[0], d.session[0]) if self.p.extra else ()
                 self.rows.append((d._name, len(d), *(getattr(d, f)[0] for f in FIELDS), *extra))
 
 
