@@ -352,9 +352,9 @@ class BarPoller:
         return len(starts)
 
     def idle(self, tracker: SymbolTracker, seconds: float) -> None:
-        """Let time pass while nothing is due: the first symbol's feed pumps the loop, the others don't wait."""
+        """Let time pass while nothing is due: the first symbol's feed runs the event loop, the others don't wait."""
         leader = self.trackers[0] if self.trackers else tracker
-        self.session.pump(seconds if tracker is leader else 0.0)
+        self.session.run_event_loop(seconds if tracker is leader else 0.0)
 
 
 # -- the backtrader feed -------------------------------------------------------------------------------------
@@ -380,7 +380,7 @@ class IBPollingFeed(bt.feed.DataBase):
     exchange
         Exchange calendar.
     qcheck
-        Seconds the first feed pumps the event loop when nothing is due (backtrader's live-feed wait).
+        Seconds the first feed runs the event loop when nothing is due (backtrader's live-feed wait).
 
     Attributes
     ----------

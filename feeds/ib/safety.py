@@ -117,7 +117,7 @@ def flatten_all(session: IBSession, state: StateStore, strategy_id: str, clock: 
         if mp.parse_order_ref(trade.order.orderRef, strategy_id) is not None and not trade.isDone():
             logger.warning("flatten: cancelling %s", trade.order.orderRef)
             ib.cancelOrder(trade.order)
-    session.pump(0.5)
+    session.run_event_loop(0.5)
     held = {p.contract.symbol: float(p.position) for p in ib.positions(session.account)}
     tid = mp.trade_id_for(clock())
     sold: dict[str, float] = {}
@@ -135,7 +135,7 @@ def flatten_all(session: IBSession, state: StateStore, strategy_id: str, clock: 
         sold[symbol] = qty
     waited = 0.0
     while our_positions(state, strategy_id) and waited < timeout:
-        session.pump(0.2)
+        session.run_event_loop(0.2)
         waited += 0.2
         _record_ib_fills(session, state, strategy_id)
     left = our_positions(state, strategy_id)
