@@ -45,7 +45,6 @@ from feeds.ib.budget import RequestBudget, RequestKey
 from feeds.ib.errors import ErrorKind, classify
 from feeds.ib.session import IBSession
 from feeds.pandas_feed import to_bt_num
-from ml.features import live_window_bars
 
 logger = logging.getLogger(__name__)
 
@@ -372,7 +371,8 @@ class IBPollingFeed(bt.feed.DataBase):
     budget
         The :class:`~feeds.ib.budget.RequestBudget` shared by every feed and the downloader.
     warmup_bars
-        Closed bars loaded at start; ``ml.features.live_window_bars(bar_minutes)`` by default.
+        Closed bars loaded at start (required): the live engine passes the feature window
+        (``ml.features.live_window_bars``), so the first live bar's features equal the backtest's.
     clock
         Current time; the session's clock by default.
     poll_offset_seconds, stale_after_bars
@@ -404,8 +404,8 @@ class IBPollingFeed(bt.feed.DataBase):
         """Register with the session's shared poller; warm-up is requested by the first poll."""
         super().start()
         session: IBSession | None = self.p.session
-        if session is None or not self.p.symbol:
-            raise ValueError("IBPollingFeed needs session= and symbol=")
+        if session is None or not self.p.symbol or not self.p.warmup_bars:
+            raise ValueError("IBPollingFeed needs session=, symbol= and warmup_bars=")
         cfg = session.cfg
         self.historical = True
         self._stopped = False
@@ -414,7 +414,7 @@ class IBPollingFeed(bt.feed.DataBase):
         self._poller = BarPoller.for_session(session, self.p.budget, self._clock)
         self._tracker = SymbolTracker(
             symbol=str(self.p.symbol).upper(), bar_minutes=int(self.p.bar_minutes),
-            warmup_bars=int(self.p.warmup_bars or live_window_bars(int(self.p.bar_minutes))),
+            warmup_bars=int(self.p.warmup_bars),
             poll_offset_seconds=float(cfg.poll_offset_seconds if self.p.poll_offset_seconds is None
                                       else self.p.poll_offset_seconds),
             stale_after_bars=int(cfg.stale_after_bars if self.p.stale_after_bars is None

@@ -37,6 +37,7 @@ from feeds.ib.feed import BarPoller, IBPollingFeed
 from feeds.ib.safety import KillSwitch
 from feeds.ib.session import IBSession
 from feeds.ib.state import StateStore
+from ml.features import live_window_bars
 from strategies import risk as rk
 from strategies.ml_strategy import Book, MLStrategy, strategy_params
 from strategies.sizer import FixedFractionSizer
@@ -245,7 +246,8 @@ def build_live(cfg: AppConfig, session: IBSession, state: StateStore, model: Any
     session.qualify(symbols)  # a symbol IB does not know stops the start here, naming it
     for sym in symbols:
         cerebro.adddata(IBPollingFeed(session=session, symbol=sym, bar_minutes=bar_minutes, budget=budget,
-                                      clock=clock, exchange=cfg.data.calendar, qcheck=qcheck), name=sym)
+                                      warmup_bars=live_window_bars(bar_minutes), clock=clock,
+                                      exchange=cfg.data.calendar, qcheck=qcheck), name=sym)
     broker = IBBroker(  # type: ignore[call-arg]  # backtrader params are declared through a metaclass
         session=session, state=state, strategy_id=cfg.live.strategy_id, dry_run=cfg.live.dry_run,
         stop_loss=cfg.strategy.stop_loss, take_profit=cfg.strategy.take_profit)

@@ -36,7 +36,8 @@ def session(sim: IBSim) -> Iterator[IBSession]:
 
 def start_feed(session: IBSession, symbol: str = "AAPL", budget: RequestBudget | None = None) -> IBPollingFeed:
     """Create and start a feed outside a run (backtrader needs a Cerebro as its environment)."""
-    feed = IBPollingFeed(session=session, symbol=symbol, budget=budget or RequestBudget(False), qcheck=0.0)
+    feed = IBPollingFeed(session=session, symbol=symbol, budget=budget or RequestBudget(False),
+                         warmup_bars=live_window_bars(1), qcheck=0.0)
     bt.Cerebro().adddata(feed, name=symbol)
     feed._start()
     return feed
@@ -233,7 +234,8 @@ def test_cerebro_with_three_polling_feeds_delivers_each_bar_once(sim_bars: dict[
         cerebro = bt.Cerebro(stdstats=False)
         budget = RequestBudget(False)
         for symbol in ("AAPL", "MSFT", "SPY"):
-            cerebro.adddata(IBPollingFeed(session=session, symbol=symbol, budget=budget), name=symbol)
+            cerebro.adddata(IBPollingFeed(session=session, symbol=symbol, budget=budget,
+                                          warmup_bars=live_window_bars(1)), name=symbol)
         cerebro.addstrategy(Recorder, until=utc("2024-01-04 10:10"))
         strategy = cerebro.run()[0]
         session.disconnect()
