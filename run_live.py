@@ -121,10 +121,11 @@ def start_sim(cfg: AppConfig, args: argparse.Namespace) -> tuple[Any, AppConfig]
 
 def run(cfg: AppConfig, args: argparse.Namespace) -> int:
     """Connect, check safety, restore state, trade until stopped; return the exit code."""
-    from feeds.ib import live as lv  # noqa: PLC0415 - imports ib_async
-    from feeds.ib import safety  # noqa: PLC0415
+    from engines.live import safety  # noqa: PLC0415
+    from engines.live.node import build_live  # noqa: PLC0415 - imports ib_async
+    from engines.live.rehearsal import ControlPortClock  # noqa: PLC0415
+    from engines.live.state import StateStore, state_path  # noqa: PLC0415
     from feeds.ib.session import IBSession  # noqa: PLC0415
-    from feeds.ib.state import StateStore  # noqa: PLC0415
 
     sim = None
     if args.sim:
@@ -134,10 +135,10 @@ def run(cfg: AppConfig, args: argparse.Namespace) -> int:
         clock = sim.now
     elif args.sim_control:
         host, port = args.sim_control.rsplit(":", 1)
-        clock = lv.ControlPortClock(host, int(port))
+        clock = ControlPortClock(host, int(port))
     safety.check_endpoint(cfg.live.port, cfg.live.allow_live)
     session = IBSession(cfg.live, clock=clock)
-    state = StateStore(lv.state_path(cfg))
+    state = StateStore(state_path(cfg))
     try:
         session.connect(attempts=3)
         safety.check_account(session.account, cfg.live.allow_live)
@@ -149,7 +150,7 @@ def run(cfg: AppConfig, args: argparse.Namespace) -> int:
         model = obtain_model(cfg, train_if_missing=args.sim)
         until = datetime.strptime(args.until, "%Y-%m-%d %H:%M").replace(tzinfo=NY) if args.until else None
         kill = safety.KillSwitch(cfg.live.kill_switch_file, install_signal=True)
-        live = lv.build_live(cfg, session, state, model, kill_switch=kill, clock=clock, max_bars=args.max_bars,
+        live = build_live(cfg, session, state, model, kill_switch=kill, clock=clock, max_bars=args.max_bars,
                              until=until)
 
         def stop(signum: int, frame: Any) -> None:

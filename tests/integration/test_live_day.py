@@ -25,7 +25,7 @@ def _check_books_match_simulator(driver: ls.LiveDriver, sim: IBSim) -> None:
     refs = [o.orderRef for o in sim.orders()]
     assert len(refs) == len(set(refs)), Counter(refs).most_common(3)
     assert all(mp.parse_order_ref(r, "mlx") for r in refs)
-    recorded = {f["exec_id"] for f in driver.state.fills()}
+    recorded = {f.exec_id for f in driver.state.fills()}
     assert {e.execId for e in sim.fills()} == recorded  # no lost fill, no invented one
     for d in driver.strategy.datas:
         ours = driver.run.broker.getposition(d).size
