@@ -8,7 +8,7 @@
 - :mod:`engines.live.heartbeat` — the heartbeat file the health check reads;
 - :mod:`engines.live.reports` — the decision log and the daily summary;
 - :mod:`engines.live.notify` — the webhook client (Slack, Telegram, JSON);
-- :mod:`engines.live.rehearsal` — rehearsals: the clock of an external simulator.
+- :mod:`engines.live.rehearsal` — rehearsals: ibsim started in-process, an external simulator's clock.
 
 Nothing here talks to IB's client library: IB is reached through the adapter :mod:`feeds.ib` (its session,
 feeds, broker, the order journal interface the state store implements, and plain records of executions and open

@@ -6,15 +6,20 @@ bar's decision, exactly when it does in the backtest (the native bracket childre
 in the meantime). :class:`LiveHooks` plugs the live concerns into ``MLStrategy``: the entry gate (kill switch,
 IB disconnected), restoring books and risk state after a restart (:mod:`engines.live.recovery`), persisting
 them after every bar, the daily summary at the session's end and bounded runs (``max_bars`` / ``until``).
+:func:`run_node` is one run of the process: simulator (rehearsals), safety checks, connection, flatten or trade.
 """
 
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import math
+import signal
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import backtrader as bt
@@ -26,13 +31,14 @@ from core.records import BlockReason
 from engines.live.heartbeat import Heartbeat, heartbeat_path
 from engines.live.notify import post_message
 from engines.live.recovery import RecoveryParams, adopt, book_snapshot, restore_books
+from engines.live.rehearsal import ControlPortClock, start_sim
 from engines.live.reports import DecisionLog, daily_summary, format_summary, write_daily_summary
-from engines.live.safety import KillSwitch
-from engines.live.state import StateStore
+from engines.live.safety import KillSwitch, check_account, check_endpoint, flatten_all
+from engines.live.state import StateStore, state_path
 from feeds.ib.broker import IBBroker
 from feeds.ib.budget import RequestBudget
 from feeds.ib.feed import BarPoller, IBPollingFeed
-from feeds.ib.session import IBSession
+from feeds.ib.session import IBSession, quieten_client_logging
 from ml.features import live_window_bars
 from strategies.ml_strategy import MLStrategy, strategy_params
 from strategies.risk import RiskState
@@ -208,3 +214,89 @@ def build_live(cfg: AppConfig, session: IBSession, state: StateStore, model: Any
     cerebro.addsizer(FixedFractionSizer, risk_fraction=cfg.risk.risk_per_trade_fraction,
                      stop_loss=cfg.strategy.stop_loss, slippage=cfg.costs.slippage_bps / 10_000.0)
     return LiveRun(cerebro, broker, hooks, decisions)
+
+
+def configure_logging(log_dir: str, quiet: bool) -> None:
+    """Log to the console and a daily rotating ``live.log`` in ``log_dir`` (called once, by the entry point)."""
+    Path(log_dir).mkdir(parents=True, exist_ok=True)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.WARNING if quiet else logging.INFO)
+    console.setFormatter(fmt)
+    rotating = logging.handlers.TimedRotatingFileHandler(Path(log_dir) / "live.log", when="midnight",
+                                                         backupCount=30, encoding="utf-8")
+    rotating.setLevel(logging.INFO)
+    rotating.setFormatter(fmt)
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    root.addHandler(console)
+    root.addHandler(rotating)
+    logging.getLogger("ibsim").setLevel(logging.WARNING)
+    quieten_client_logging()
+
+
+@dataclass(frozen=True)
+class LiveOptions:
+    """What the command line adds to the config for one run of the node."""
+
+    sim: bool = False  # trade against ibsim started in-process (a rehearsal)
+    sim_start: str | None = None  # with sim: simulated start 'YYYY-MM-DD HH:MM' (New York)
+    sim_control: str | None = None  # HOST:PORT of an external ibsim's control port: use its clock
+    flatten: bool = False  # cancel all our orders, sell all our positions, exit
+    max_bars: int | None = None  # stop after this many live bars
+    until: datetime | None = None  # stop after the bar starting at this time
+
+
+def run_node(cfg: AppConfig, options: LiveOptions, load_model: Callable[[AppConfig], Any]) -> int:
+    """Connect, check safety, restore state, trade until stopped (or flatten); return the exit code.
+
+    ``load_model(cfg)`` is called once every symbol is known to IB, so an unknown symbol is named first.
+
+    Raises
+    ------
+    NeedsHumanError
+        IB unreachable, clientId in use, a live port or a non-paper account not allowed.
+    ConfigError
+        A symbol IB has no single US stock for.
+    """
+    sim = None
+    clock: Callable[[], datetime] | None = None
+    if options.sim:
+        sim, cfg = start_sim(cfg, options.sim_start)
+        clock = sim.now
+    elif options.sim_control:
+        host, port = options.sim_control.rsplit(":", 1)
+        clock = ControlPortClock(host, int(port))
+    check_endpoint(cfg.live.port, cfg.live.allow_live)
+    session = IBSession(cfg.live, clock=clock)
+    state = StateStore(state_path(cfg))
+    try:
+        session.connect(attempts=3)
+        check_account(session.account, cfg.live.allow_live)
+        if options.flatten:
+            sold = flatten_all(session, state, cfg.live.strategy_id, session.clock)
+            print(f"flattened: {sold or 'nothing of ours was open'}")
+            return 0
+        session.qualify(cfg.data.symbols)  # a symbol IB does not know is named before a model is loaded
+        model = load_model(cfg)
+        kill = KillSwitch(cfg.live.kill_switch_file, install_signal=True)
+        live = build_live(cfg, session, state, model, kill_switch=kill, clock=clock, max_bars=options.max_bars,
+                          until=options.until)
+
+        def stop(signum: int, frame: Any) -> None:
+            logger.warning("signal %d: stopping after the current step (state is persisted)", signum)
+            live.cerebro.runstop()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        mode = "DRY RUN (no orders)" if cfg.live.dry_run else "paper trading"
+        logger.info("%s %s on %s:%d account %s", mode, ", ".join(cfg.data.symbols), cfg.live.host, cfg.live.port,
+                    session.account)
+        live.cerebro.run()
+        live.hooks.write_summary()
+    finally:
+        session.disconnect()
+        state.close()
+        if sim is not None:
+            sim.stop()
+    return 0

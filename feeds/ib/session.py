@@ -36,6 +36,13 @@ _REQ_ERRORS_KEPT = 2_000
 _CONNECT_TIMEOUT_CAP = 10.0
 
 
+def quieten_client_logging() -> None:
+    """Keep ib_async's own log to warnings, and its wrapper's to nothing: the wrapper logs every cancel
+    confirmation (202) as an ERROR, while the session logs IB's errors classified by meaning."""
+    logging.getLogger("ib_async").setLevel(logging.WARNING)
+    logging.getLogger("ib_async.wrapper").setLevel(logging.CRITICAL)
+
+
 def wall_clock() -> datetime:
     """Return the wall-clock time (UTC); the production clock."""
     return datetime.now(UTC)
