@@ -25,8 +25,8 @@ from config.settings import AppConfig, load_config
 from engines.live.node import LiveRun, build_live
 from engines.live.safety import KillSwitch
 from engines.live.state import StateStore, state_path
-from feeds.ib import mapping as mp
 from feeds.ib.feed import BarPoller
+from feeds.ib.mapping import parse_order_ref
 from feeds.ib.session import IBSession
 from ibsim import IBSim
 from ml.features import FEATURE_NAMES
@@ -167,7 +167,7 @@ def assert_books_match(driver: LiveDriver, sim: IBSim) -> None:
     (broker and strategy book) equal, and the persisted risk state is the strategy's."""
     refs = [o.orderRef for o in sim.orders()]
     assert len(refs) == len(set(refs)), Counter(refs).most_common(3)
-    assert all(mp.parse_order_ref(r, "mlx") for r in refs)
+    assert all(parse_order_ref(r, "mlx") for r in refs)
     assert {e.execId for e in sim.fills()} == {f.exec_id for f in driver.state.fills()}
     for d in driver.strategy.datas:
         theirs = sim.positions().get(d._name)
