@@ -15,24 +15,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import logging.handlers
-import signal
 import sys
 from collections.abc import Sequence
-from datetime import datetime
-from pathlib import Path
-from typing import Any
-from zoneinfo import ZoneInfo
 
 from config.settings import CONFIG_DIR, AppConfig, ConfigError, load_config
+from core.calendar import parse_exchange_time, to_exchange
 from feeds.bars import BarDataError
-from ml.lifecycle import load_live_model
 from ml.model import ModelError
 
 logger = logging.getLogger("run_live")
 
 PAPER_CONFIG = CONFIG_DIR / "paper.toml"
-NY = ZoneInfo("America/New_York")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -64,97 +57,6 @@ def resolve_config(args: argparse.Namespace) -> AppConfig:
     return load_config(args.config, overrides)
 
 
-def setup_logging(log_dir: str, quiet: bool) -> None:
-    """Console plus a daily rotating file in ``log_dir`` (configured once, here)."""
-    Path(log_dir).mkdir(parents=True, exist_ok=True)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    console = logging.StreamHandler(sys.stderr)
-    console.setLevel(logging.WARNING if quiet else logging.INFO)
-    console.setFormatter(fmt)
-    rotating = logging.handlers.TimedRotatingFileHandler(Path(log_dir) / "live.log", when="midnight",
-                                                         backupCount=30, encoding="utf-8")
-    rotating.setLevel(logging.INFO)
-    rotating.setFormatter(fmt)
-    root = logging.getLogger()
-    root.setLevel(logging.INFO)
-    root.addHandler(console)
-    root.addHandler(rotating)
-    for noisy in ("ib_async", "ibsim"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # ib_async logs every cancel confirmation (202) as an ERROR; feeds.ib logs IB errors classified by meaning
-    logging.getLogger("ib_async.wrapper").setLevel(logging.CRITICAL)
-
-
-def start_sim(cfg: AppConfig, args: argparse.Namespace) -> tuple[Any, AppConfig]:
-    """Start ibsim in-process on a free port at ``live.sim_speed``; return it and the config pointing at it."""
-    from feeds.universe import load_universe  # noqa: PLC0415
-    from ibsim import IBSim, SimConfig  # noqa: PLC0415
-    from ibsim.data import defaultStart, parseStart  # noqa: PLC0415
-    from ibsim.pacing import PacingRules  # noqa: PLC0415
-
-    frames = load_universe(cfg).frames
-    start = parseStart(args.start) if args.start else defaultStart(frames)
-    # The simulator paces like IB does for the trader's bar size (live.pacing_small_bars_only).
-    pacing = PacingRules(smallBarsOnly=cfg.live.pacing_small_bars_only)
-    sim = IBSim(frames, start=start, config=SimConfig(port=0, pacing=pacing), speed=cfg.live.sim_speed).start()
-    logger.info("ibsim on port %d: %s from %s at %gx", sim.port, ", ".join(frames), start.isoformat(),
-                cfg.live.sim_speed)
-    live = cfg.live.model_copy(update={"host": sim.host, "port": sim.port})
-    return sim, cfg.model_copy(update={"live": live})
-
-
-def run(cfg: AppConfig, args: argparse.Namespace) -> int:
-    """Connect, check safety, restore state, trade until stopped; return the exit code."""
-    from feeds.ib import live as lv  # noqa: PLC0415 - imports ib_async
-    from feeds.ib import safety  # noqa: PLC0415
-    from feeds.ib.session import IBSession  # noqa: PLC0415
-    from feeds.ib.state import StateStore  # noqa: PLC0415
-
-    sim = None
-    if args.sim:
-        sim, cfg = start_sim(cfg, args)
-    clock = None
-    if sim is not None:
-        clock = sim.now
-    elif args.sim_control:
-        host, port = args.sim_control.rsplit(":", 1)
-        clock = lv.ControlPortClock(host, int(port))
-    safety.check_endpoint(cfg.live.port, cfg.live.allow_live)
-    session = IBSession(cfg.live, clock=clock)
-    state = StateStore(lv.state_path(cfg))
-    try:
-        session.connect(attempts=3)
-        safety.check_account(session.account, cfg.live.allow_live)
-        if args.flatten:
-            sold = safety.flatten_all(session, state, cfg.live.strategy_id, session.clock)
-            print(f"flattened: {sold or 'nothing of ours was open'}")
-            return 0
-        session.qualify(cfg.data.symbols)  # a symbol IB does not know is named before a model is loaded
-        model = load_live_model(cfg, train_if_missing=args.sim)
-        until = datetime.strptime(args.until, "%Y-%m-%d %H:%M").replace(tzinfo=NY) if args.until else None
-        kill = safety.KillSwitch(cfg.live.kill_switch_file, install_signal=True)
-        live = lv.build_live(cfg, session, state, model, kill_switch=kill, clock=clock, max_bars=args.max_bars,
-                             until=until)
-
-        def stop(signum: int, frame: Any) -> None:
-            logger.warning("signal %d: stopping after the current step (state is persisted)", signum)
-            live.cerebro.runstop()
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        mode = "DRY RUN (no orders)" if cfg.live.dry_run else "paper trading"
-        logger.info("%s %s on %s:%d account %s", mode, ", ".join(cfg.data.symbols), cfg.live.host, cfg.live.port,
-                    session.account)
-        live.cerebro.run()
-        live.hooks.write_summary()
-    finally:
-        session.disconnect()
-        state.close()
-        if sim is not None:
-            sim.stop()
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = parse_args(argv)
@@ -163,11 +65,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(cfg.live.log_dir, args.quiet)
+    from engines.live.node import LiveOptions, configure_logging, run_node  # noqa: PLC0415 - imports ib_async
     from feeds.ib.errors import NeedsHumanError, TemporaryIBError  # noqa: PLC0415
 
+    configure_logging(cfg.live.log_dir, args.quiet)
+    until = to_exchange(parse_exchange_time(args.until)) if args.until else None  # exchange time, as typed
+    options = LiveOptions(sim=args.sim, sim_start=args.start, sim_control=args.sim_control, flatten=args.flatten,
+                          max_bars=args.max_bars, until=until)
     try:
-        return run(cfg, args)
+        return run_node(cfg, options)
     except (ConfigError, BarDataError, ModelError) as exc:
         logger.error("%s", exc)
         return 2

@@ -53,6 +53,7 @@ from feeds.ib.errors import ErrorKind
 from feeds.ib.feed import BarPoller, IBPollingFeed
 from feeds.ib.session import IBSession
 from feeds.synthetic import generate_universe
+from ml.features import live_window_bars
 
 logger = logging.getLogger("benchmarks.live")
 
@@ -173,7 +174,8 @@ def _drive(sim: SimProcess, days: int, results: Results, opens: Any, closes: Any
     cerebro = bt.Cerebro()
     feeds = []
     for symbol in SYMBOLS:
-        feed = IBPollingFeed(session=session, symbol=symbol, budget=budget, qcheck=0.0)
+        feed = IBPollingFeed(session=session, symbol=symbol, budget=budget, warmup_bars=live_window_bars(1),
+                             qcheck=0.0)
         cerebro.adddata(feed, name=symbol)
         feed.qbuffer(savemem=1)  # bounded line buffers, as a long live run should keep them
         feed._start()

@@ -18,8 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analyzers.live_reports import daily_summary, format_summary, write_daily_summary
 from config.settings import CONFIG_DIR, ConfigError, load_config
+from engines.live.reports import daily_summary, format_summary, write_daily_summary
+from engines.live.state import StateStore, state_path
 
 logger = logging.getLogger("daily_summary")
 
@@ -42,9 +43,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if target.exists():
         logger.info("summary for %s already written: %s", args.day, target)
         return 0
-    from feeds.ib.live import state_path  # noqa: PLC0415 - imports ib_async
-    from feeds.ib.state import StateStore  # noqa: PLC0415
-
     path = state_path(cfg)
     if not path.exists():
         logger.info("no live state at %s: nothing traded, no summary", path)

@@ -1,1 +1,1 @@
-"""The engines: each wires the one ``MLStrategy`` to its own data and broker (backtest here, live beside it)."""
+"""The engines that run ``MLStrategy``: the backtest engine and the live engine (see ``engines/README.md``)."""

@@ -28,7 +28,7 @@ import pandas as pd
 from config.settings import bar_size_minutes
 from core.records import BlockReason, Decision, ExitReason, TradeRecord
 from ml.features import WARMUP_BARS
-from strategies import risk as rk
+from strategies.risk import EntryContext, RiskState, default_rules, first_block
 from strategies.signal import MLSignal, SeriesSignal
 from strategies.sizer import CASH_BUFFER
 
@@ -71,6 +71,17 @@ class _FeedLines:
         self.minutes_to_close = data.lines.minutes_to_close
         self.session = data.lines.session
         self.p_up = signal.lines.p_up
+
+
+def time_exit_reason(minutes_to_close: float, bars_held: int, flatten_minutes: float,
+                     max_hold_bars: int) -> ExitReason | None:
+    """Return the time exit due for an open position, or None: EOD once the bar ends within ``flatten_minutes``
+    of the close, else TIMEOUT once it has been held ``max_hold_bars`` bars (the entry bar counts as one)."""
+    if minutes_to_close <= flatten_minutes:
+        return ExitReason.EOD
+    if bars_held >= max_hold_bars:
+        return ExitReason.TIMEOUT
+    return None
 
 
 def strategy_params(cfg: Any) -> dict[str, Any]:
@@ -144,9 +155,9 @@ class MLStrategy(bt.Strategy):
                 self.signals[d._name] = SeriesSignal(d, series=fixed[d._name])
             else:
                 self.signals[d._name] = MLSignal(d, model=self.p.model, bar_minutes=self.p.bar_minutes)
-        self.rules = rk.default_rules(self.p.no_new_entries_minutes, self.p.daily_loss_limit,
+        self.rules = default_rules(self.p.no_new_entries_minutes, self.p.daily_loss_limit,
                                       self.p.max_concurrent_positions)
-        self.risk = rk.RiskState()
+        self.risk = RiskState()
         self.books: dict[str, Book] = {d._name: Book() for d in self.datas}
         self.reserved_cash = 0.0
         self.trades: list[TradeRecord] = []
@@ -164,6 +175,24 @@ class MLStrategy(bt.Strategy):
         """Let a live run restore its books and risk state (``on_start``)."""
         if self.p.on_start is not None:
             self.p.on_start(self)
+
+    # -- restart (live) -------------------------------------------------------------------------------
+    def restore_state(self, risk: RiskState | None, last_bar_time: Mapping[str, float]) -> None:
+        """Take back the risk state (when one was stored) and each symbol's last live bar time after a restart."""
+        if risk is not None:
+            self.risk = risk
+        self.last_bar_time = dict(last_bar_time)
+
+    def restore_book(self, symbol: str, book: Book, bars_held: int) -> None:
+        """Take back an open trade's book after a restart (its orders already bound by the broker).
+
+        ``bars_held`` is the count persisted with the book: it is used when the entry bar is older than the
+        warm-up history, so the max-hold clock resumes where it was.
+        """
+        book.entry_bar = 0
+        self.restored_bars_held[symbol] = bars_held
+        self.books[symbol] = book
+        self.reserved_cash += book.reserved
 
     # -- bar loop -------------------------------------------------------------------------------------
     def prenext(self) -> None:
@@ -229,11 +258,8 @@ class MLStrategy(bt.Strategy):
         """Submit the time exit (EOD or TIMEOUT) of an open position that has no exit working yet."""
         d = f.data
         held = len(d) - book.entry_bar + 1
-        if f.minutes_to_close[0] <= self.p.flatten_minutes:
-            reason = ExitReason.EOD
-        elif held >= self.p.max_hold_bars:
-            reason = ExitReason.TIMEOUT
-        else:
+        reason = time_exit_reason(f.minutes_to_close[0], held, self.p.flatten_minutes, self.p.max_hold_bars)
+        if reason is None:
             return
         for child in (book.stop, book.target):
             if child is not None and child.alive():
@@ -254,9 +280,9 @@ class MLStrategy(bt.Strategy):
         elif p_up < self.p.p_up_entry_threshold:
             decision = Decision.NO_SIGNAL
         else:
-            ctx = rk.EntryContext(name, f.minutes_to_close[0], equity, self._open_count(), self.risk)
+            ctx = EntryContext(name, f.minutes_to_close[0], equity, self._open_count(), self.risk)
             gate = self._gate(name) if self._gate is not None else None
-            reason = gate or rk.first_block(self.rules, ctx) or self._enter(d, p_up)
+            reason = gate or first_block(self.rules, ctx) or self._enter(d, p_up)
             decision = Decision.ENTER if reason is None else Decision.BLOCKED
             if reason is not None:
                 self.risk.blocked[reason] += 1

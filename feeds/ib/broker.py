@@ -12,17 +12,19 @@ How ``MLStrategy``'s orders map onto IB (the strategy code is the backtest's, un
 - **Time exits** (``cancel`` of both children then a market ``sell``): the sell is held until IB confirms
   both children cancelled — if one of them fills first, the exit is dropped (notified ``Canceled``), so a
   race can never leave a short position.
-- Every order carries an ``orderRef`` (:mod:`feeds.ib.mapping`) and is written to the
-  :class:`~feeds.ib.state.StateStore` **before** it is sent; an ``orderRef`` already known is never sent again.
-- Statuses map through :data:`feeds.ib.mapping.IB_TO_BT_STATUS`; fills are applied once per ``execId`` with
-  IB's commission from the commission report; a rejection (201 …) or a send that fails is a ``Rejected``
-  order notification, never an exception.
+- Every order carries an ``orderRef`` (:mod:`feeds.ib.mapping`) and is written to the order journal
+  (:class:`~feeds.ib.journal.OrderJournal`, which the live engine provides) **before** it is sent; an
+  ``orderRef`` already known is never sent again.
+- Statuses map through :data:`feeds.ib.mapping.IB_TO_BT_STATUS`; fills (:func:`feeds.ib.mapping.execution_record`)
+  are applied once per ``execId`` with IB's commission from the commission report; a rejection (201 …) or a
+  send that fails is a ``Rejected`` order notification, never an exception.
 - Cash and value are IB's ``TotalCashValue`` / ``NetLiquidation``. Positions are *ours* (built from our own
   fills), so anything else in the account is left alone.
-- At start and after every re-sync :meth:`IBBroker.reconcile` replays today's executions (fills missed
-  while disconnected or dead included), re-binds open orders by ``orderRef`` and reports anything it does
-  not recognise. Trades of ours the state store lost are adopted before :meth:`IBBroker.restore` by
-  :mod:`feeds.ib.adopt`.
+- After a restart the live engine hands each open trade's journaled orders to :meth:`IBBroker.restore_orders`,
+  which tracks them again, rebooks their fills and returns the backtrader twins the strategy's book points at
+  (the broker never touches the strategy). At start and after every re-sync :meth:`IBBroker.reconcile`
+  replays today's executions (fills missed while disconnected or dead included), re-binds open orders by
+  ``orderRef`` and reports anything it does not recognise.
 - ``dry_run``: every order is logged and cancelled at once; nothing is sent.
 """
 
@@ -31,18 +33,36 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import backtrader as bt
 from ib_async import Order, Stock, Trade
 
-from feeds.ib import mapping as mp
+from core.calendar import to_utc
 from feeds.ib.errors import ErrorKind, classify
+from feeds.ib.journal import OrderJournal
+from feeds.ib.mapping import (
+    ENTRY,
+    EXIT,
+    IB_DONE_STATUSES,
+    IB_TO_BT_STATUS,
+    PROTECTIVE,
+    STOP,
+    TAG_CASH,
+    TAG_VALUE,
+    TARGET,
+    OrderRef,
+    bracket_prices,
+    execution_record,
+    order_fields,
+    parse_order_ref,
+    round_to_tick,
+    trade_id_for,
+)
 from feeds.ib.session import IBSession
-from feeds.ib.state import StateStore
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +70,10 @@ _EPS = 1e-9
 
 
 @dataclass
-class _Rec:
+class TrackedOrder:
     """One of our IB orders: its ``orderRef``, the IB order, its backtrader twin and the fills not yet told."""
 
-    ref: mp.OrderRef
+    ref: OrderRef
     data: Any
     ib_order: Order
     status: str = "Intent"
@@ -64,11 +84,7 @@ class _Rec:
 
     @property
     def done(self) -> bool:
-        return self.status in mp.IB_DONE_STATUSES or self.status in {"Lost", "DryRun", "SendFailed"}
-
-
-def _utc(dt: datetime) -> datetime:
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+        return self.status in IB_DONE_STATUSES or self.status in {"Lost", "DryRun", "SendFailed"}
 
 
 class IBBroker(bt.BrokerBase):
@@ -78,48 +94,55 @@ class IBBroker(bt.BrokerBase):
     ----------
     session
         The :class:`~feeds.ib.session.IBSession` (connected before ``cerebro.run``).
-    state
-        The :class:`~feeds.ib.state.StateStore`.
+    journal
+        The :class:`~feeds.ib.journal.OrderJournal` orders and fills are written to before the broker acts.
     strategy_id
         ``orderRef`` prefix (``cfg.live.strategy_id``).
     dry_run
         Log orders, send nothing.
     stop_loss, take_profit
         Fractions for the bracket children sent with the entry (the strategy's parameters).
+    hold_notifications
+        Asked before each order notification is handed out: while it returns True they are held (the engine
+        holds them while warm-up history is replayed). Never held by default.
     """
 
     params = (
         ("session", None),
-        ("state", None),
+        ("journal", None),
         ("strategy_id", "mlx"),
         ("dry_run", False),
         ("stop_loss", 0.004),
         ("take_profit", 0.006),
+        ("hold_notifications", None),
     )
 
     def __init__(self) -> None:
         super().__init__()
         self.session: IBSession = self.p.session
-        self.state: StateStore = self.p.state
+        self.journal: OrderJournal = self.p.journal
         self.ib = self.session.ib
         self.notifs: deque[bt.Order] = deque()
-        self.hold_notifications: Callable[[], bool] = lambda: False
+        self._hold_notifications: Callable[[], bool] = self.p.hold_notifications or (lambda: False)
         self.positions: defaultdict[Any, bt.Position] = defaultdict(bt.Position)
-        self.recs: dict[str, _Rec] = {}
-        self._by_bt: dict[int, _Rec] = {}
-        self._by_ib_id: dict[int, _Rec] = {}
+        self.tracked: dict[str, TrackedOrder] = {}
+        self._by_bt: dict[int, TrackedOrder] = {}
+        self._by_ib_id: dict[int, TrackedOrder] = {}
         self._trade_of: dict[str, str] = {}
         self._datas: dict[str, Any] = {}
-        self._pending_exits: list[_Rec] = []
-        self._orphans: list[_Rec] = []  # children of a dead entry, cancelled from next()
+        self._pending_exits: list[TrackedOrder] = []
+        self._orphans: list[TrackedOrder] = []  # children of a dead entry, cancelled from next()
         self._warned: set[str] = set()
         self._cash = self._value = math.nan
         self.sent: list[str] = []  # orderRefs sent in this process (tests, duplicate checks)
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
-        """Subscribe to IB's order events and the session's errors and re-syncs."""
+        """Know cerebro's feeds by name; subscribe to IB's order events and the session's errors and re-syncs."""
         super().start()
+        cerebro = getattr(self, "cerebro", None)  # set by cerebro.setbroker
+        for data in cerebro.datas if cerebro is not None else ():
+            self._datas[data._name] = data
         self.startingcash = self.getcash()
         self.startingvalue = self.getvalue()
         self.ib.orderStatusEvent += self._on_order_status
@@ -149,14 +172,14 @@ class IBBroker(bt.BrokerBase):
 
     def getcash(self) -> float:
         """Return IB's ``TotalCashValue`` (the last known value while disconnected)."""
-        value = self._account_value(mp.TAG_CASH)
+        value = self._account_value(TAG_CASH)
         if value is not None:
             self._cash = value
         return self._cash
 
     def getvalue(self, datas: Any = None) -> float:
         """Return IB's ``NetLiquidation`` (the last known value while disconnected)."""
-        value = self._account_value(mp.TAG_VALUE)
+        value = self._account_value(TAG_VALUE)
         if value is not None:
             self._value = value
         return self._value
@@ -174,6 +197,15 @@ class IBBroker(bt.BrokerBase):
         pos = self.positions[data]
         return pos.clone() if clone else pos
 
+    def trade_id_of(self, symbol: str) -> str | None:
+        """Return the trade id of ``symbol``'s current (or last) trade, if this broker knows one."""
+        return self._trade_of.get(symbol)
+
+    @property
+    def exits_on_hold(self) -> int:
+        """Return how many market exits wait for IB to confirm their protective children cancelled."""
+        return len(self._pending_exits)
+
     # -- notifications ----------------------------------------------------------------------------
     def notify(self, order: bt.Order) -> None:
         """Queue a copy of ``order`` for the strategy."""
@@ -181,7 +213,7 @@ class IBBroker(bt.BrokerBase):
 
     def get_notification(self) -> bt.Order | None:
         """Return the next notification (none while warm-up history is still being replayed)."""
-        if not self.notifs or self.hold_notifications():
+        if not self.notifs or self._hold_notifications():
             return None
         return self.notifs.popleft()
 
@@ -211,9 +243,9 @@ class IBBroker(bt.BrokerBase):
                                          transmit=transmit))
         if order.exectype != bt.Order.Market:
             return self._refuse(order, "only market entries are supported")
-        tid = mp.trade_id_for(_utc(bt.num2date(data.datetime[0])))
-        ref = mp.OrderRef(self.p.strategy_id, data._name, tid, mp.ENTRY)
-        if str(ref) in self.recs or self.state.order(str(ref)) is not None:
+        tid = trade_id_for(to_utc(bt.num2date(data.datetime[0])))
+        ref = OrderRef(self.p.strategy_id, data._name, tid, ENTRY)
+        if str(ref) in self.tracked or self.journal.order(str(ref)) is not None:
             return self._refuse(order, f"{ref} was sent before; never twice")
         if self.p.dry_run:
             return self._dry_run(order, ref)
@@ -232,12 +264,12 @@ class IBBroker(bt.BrokerBase):
                                           transmit=transmit))
         tid = self._trade_of.get(data._name)
         if tid is None:
-            tid = mp.trade_id_for(_utc(bt.num2date(data.datetime[0])))
+            tid = trade_id_for(to_utc(bt.num2date(data.datetime[0])))
             self._trade_of[data._name] = tid
-        ref = mp.OrderRef(self.p.strategy_id, data._name, tid, mp.EXIT)
-        role = {bt.Order.Stop: mp.STOP, bt.Order.Limit: mp.TARGET}.get(order.exectype)
+        ref = OrderRef(self.p.strategy_id, data._name, tid, EXIT)
+        role = {bt.Order.Stop: STOP, bt.Order.Limit: TARGET}.get(order.exectype)
         if role is not None:
-            rec = self.recs.get(str(ref.with_role(role)))
+            rec = self.tracked.get(str(ref.with_role(role)))
             if rec is not None and rec.bt_order is None:
                 self._adopt(rec, order)
                 return order
@@ -255,7 +287,7 @@ class IBBroker(bt.BrokerBase):
         if rec in self._pending_exits:
             self._pending_exits.remove(rec)
             rec.status = "Cancelled"
-            self.state.update_order(str(rec.ref), status="Cancelled")
+            self.journal.update_order(str(rec.ref), status="Cancelled")
             self._set_status(order, bt.Order.Canceled)
             return
         if self.p.dry_run or rec.done:
@@ -271,44 +303,44 @@ class IBBroker(bt.BrokerBase):
     def _contract(self, symbol: str) -> Stock:
         return self.session.contract(symbol)
 
-    def _new_rec(self, ref: mp.OrderRef, data: Any, fields: dict[str, Any], **extra: Any) -> _Rec:
+    def _new_rec(self, ref: OrderRef, data: Any, fields: dict[str, Any], **extra: Any) -> TrackedOrder:
         ib_order = Order(orderId=self.ib.client.getReqId(), orderRef=str(ref), account=self.session.account,
                          **fields, **extra)
-        rec = _Rec(ref, data, ib_order)
-        self.recs[str(ref)] = rec
+        rec = TrackedOrder(ref, data, ib_order)
+        self.tracked[str(ref)] = rec
         self._by_ib_id[ib_order.orderId] = rec
         return rec
 
-    def _persist(self, rec: _Rec) -> None:
+    def _persist(self, rec: TrackedOrder) -> None:
         o = rec.ib_order
         raw = o.lmtPrice if o.orderType == "LMT" else o.auxPrice if o.orderType == "STP" else None
         price = None if raw is None else float(raw)
-        self.state.put_order(str(rec.ref), symbol=rec.ref.symbol, trade_id=rec.ref.trade_id, role=rec.ref.role,
+        self.journal.put_order(str(rec.ref), symbol=rec.ref.symbol, trade_id=rec.ref.trade_id, role=rec.ref.role,
                              action=o.action, quantity=o.totalQuantity, order_type=o.orderType, price=price,
                              status=rec.status, ib_order_id=o.orderId)
 
-    def _send_bracket(self, order: bt.Order, ref: mp.OrderRef, reference: float) -> None:
+    def _send_bracket(self, order: bt.Order, ref: OrderRef, reference: float) -> None:
         data, qty = order.data, abs(order.size)
-        stop_px, target_px = mp.bracket_prices(reference, self.p.stop_loss, self.p.take_profit)
+        stop_px, target_px = bracket_prices(reference, self.p.stop_loss, self.p.take_profit)
         oca = f"{ref.strategy_id}:{ref.symbol}:{ref.trade_id}:oca"
-        parent = self._new_rec(ref, data, mp.order_fields("BUY", qty, bt.Order.Market, None), transmit=False)
+        parent = self._new_rec(ref, data, order_fields("BUY", qty, bt.Order.Market, None), transmit=False)
         pid = parent.ib_order.orderId
-        target = self._new_rec(ref.with_role(mp.TARGET), data,
-                               mp.order_fields("SELL", qty, bt.Order.Limit, target_px),
+        target = self._new_rec(ref.with_role(TARGET), data,
+                               order_fields("SELL", qty, bt.Order.Limit, target_px),
                                parentId=pid, ocaGroup=oca, ocaType=1, transmit=False)
-        stop = self._new_rec(ref.with_role(mp.STOP), data, mp.order_fields("SELL", qty, bt.Order.Stop, stop_px),
+        stop = self._new_rec(ref.with_role(STOP), data, order_fields("SELL", qty, bt.Order.Stop, stop_px),
                              parentId=pid, ocaGroup=oca, ocaType=1, transmit=True)
         parent.bt_order = order
         self._by_bt[order.ref] = parent
         self._trade_of[data._name] = ref.trade_id
-        with self.state.transaction():  # the whole bracket is written before any of it is sent
+        with self.journal.transaction():  # the whole bracket is written before any of it is sent
             for rec in (parent, target, stop):
                 self._persist(rec)
         logger.info("%s entry: BUY %g MKT, target %.2f, stop %.2f (bracket %d)", ref, qty, target_px, stop_px,
                     pid)
         self._place(parent, target, stop)
 
-    def _place(self, *recs: _Rec) -> bool:
+    def _place(self, *recs: TrackedOrder) -> bool:
         contract = self._contract(recs[0].ref.symbol)
         for rec in recs:
             try:
@@ -317,24 +349,24 @@ class IBBroker(bt.BrokerBase):
                 logger.error("%s: placeOrder failed: %s", rec.ref, exc)
                 for r in recs:
                     r.status = "SendFailed"
-                    self.state.update_order(str(r.ref), status="SendFailed")
+                    self.journal.update_order(str(r.ref), status="SendFailed")
                     if r.bt_order is not None:
                         self._set_status(r.bt_order, bt.Order.Rejected)
                 return False
             rec.status = "PendingSubmit"
-            self.state.update_order(str(rec.ref), status="PendingSubmit")
+            self.journal.update_order(str(rec.ref), status="PendingSubmit")
             self.sent.append(str(rec.ref))
         return True
 
-    def _submit_exit(self, order: bt.Order, ref: mp.OrderRef) -> bt.Order:
-        old = self.recs.get(str(ref))
+    def _submit_exit(self, order: bt.Order, ref: OrderRef) -> bt.Order:
+        old = self.tracked.get(str(ref))
         if old is not None and not (old.done and old.filled <= _EPS):
             return self._refuse(order, f"{ref} is already working or filled")
         if not self.session.connected:
             return self._refuse(order, "not connected to IB")
         held = self.positions[order.data].size
         qty = min(abs(order.size), held) if held > 0 else abs(order.size)
-        rec = self._new_rec(ref, order.data, mp.order_fields("SELL", qty, bt.Order.Market, None))
+        rec = self._new_rec(ref, order.data, order_fields("SELL", qty, bt.Order.Market, None))
         rec.bt_order = order
         self._by_bt[order.ref] = rec
         self._persist(rec)
@@ -352,7 +384,7 @@ class IBBroker(bt.BrokerBase):
                 logger.warning("%s: a protective order filled first; exit dropped", rec.ref)
                 self._pending_exits.remove(rec)
                 rec.status = "Cancelled"
-                self.state.update_order(str(rec.ref), status="Cancelled")
+                self.journal.update_order(str(rec.ref), status="Cancelled")
                 if rec.bt_order is not None:
                     self._set_status(rec.bt_order, bt.Order.Canceled)
             elif all(c.done for c in children):
@@ -360,10 +392,10 @@ class IBBroker(bt.BrokerBase):
                 self._place(rec)
                 self._pending_exits.remove(rec)
 
-    def _children(self, ref: mp.OrderRef) -> list[_Rec]:
-        return [r for r in (self.recs.get(str(ref.with_role(role))) for role in mp.PROTECTIVE) if r is not None]
+    def _children(self, ref: OrderRef) -> list[TrackedOrder]:
+        return [r for r in (self.tracked.get(str(ref.with_role(role))) for role in PROTECTIVE) if r is not None]
 
-    def _cancel_ib(self, rec: _Rec) -> None:
+    def _cancel_ib(self, rec: TrackedOrder) -> None:
         if rec.cancel_sent and self.session.connected:
             return
         rec.cancel_sent = True
@@ -372,20 +404,20 @@ class IBBroker(bt.BrokerBase):
         except (ConnectionError, OSError) as exc:
             logger.error("%s: cancelOrder failed: %s (retried by the next decision)", rec.ref, exc)
 
-    def _adopt(self, rec: _Rec, order: bt.Order) -> None:
+    def _adopt(self, rec: TrackedOrder, order: bt.Order) -> None:
         """Bind a strategy stop/target to the bracket child already at IB and move it to the asked price."""
         rec.bt_order = order
         self._by_bt[order.ref] = rec
         ib_order = rec.ib_order
-        price = mp.round_to_tick(float(order.price))
+        price = round_to_tick(float(order.price))
         qty = abs(order.size)
-        attr = "auxPrice" if rec.ref.role == mp.STOP else "lmtPrice"
+        attr = "auxPrice" if rec.ref.role == STOP else "lmtPrice"
         if not rec.done and not self.p.dry_run and (getattr(ib_order, attr) != price
                                                     or ib_order.totalQuantity != qty):
             setattr(ib_order, attr, price)
             ib_order.totalQuantity = qty
             ib_order.transmit = True
-            self.state.update_order(str(rec.ref), price=price, quantity=qty)
+            self.journal.update_order(str(rec.ref), price=price, quantity=qty)
             logger.info("%s: modified to %.2f x %g (fill-relative)", rec.ref, price, qty)
             if self.session.connected:
                 try:
@@ -397,13 +429,13 @@ class IBBroker(bt.BrokerBase):
             self._execute(order, *args)
         rec.pending.clear()
 
-    def _sync_status(self, rec: _Rec) -> None:
-        if rec.ref.role == mp.ENTRY and rec.status in {"Inactive", "Cancelled"} and rec.filled <= _EPS:
+    def _sync_status(self, rec: TrackedOrder) -> None:
+        if rec.ref.role == ENTRY and rec.status in {"Inactive", "Cancelled"} and rec.filled <= _EPS:
             self._orphans.extend(c for c in self._children(rec.ref) if not c.done and not c.cancel_sent)
         order = rec.bt_order
         if order is None:
             return
-        target = mp.IB_TO_BT_STATUS.get(rec.status)
+        target = IB_TO_BT_STATUS.get(rec.status)
         if target == bt.Order.Accepted and order.status == bt.Order.Submitted:
             self._set_status(order, bt.Order.Accepted)
         elif target is not None and target in {bt.Order.Canceled, bt.Order.Rejected} and order.alive() \
@@ -424,15 +456,15 @@ class IBBroker(bt.BrokerBase):
         self._set_status(order, bt.Order.Rejected)
         return order
 
-    def _dry_run(self, order: bt.Order, ref: mp.OrderRef) -> bt.Order:
+    def _dry_run(self, order: bt.Order, ref: OrderRef) -> bt.Order:
         logger.info("DRY-RUN: would send %s %s %g %s (nothing sent)", ref, order.ordtypename(), abs(order.size),
                     bt.Order.ExecTypes[order.exectype])
         self._set_status(order, bt.Order.Canceled)
         return order
 
     # -- IB events (inside the event loop: record and queue, never request) -----------------------
-    def _rec_for(self, trade: Trade) -> _Rec | None:
-        rec = self.recs.get(trade.order.orderRef or "")
+    def _rec_for(self, trade: Trade) -> TrackedOrder | None:
+        rec = self.tracked.get(trade.order.orderRef or "")
         if rec is None:
             rec = self._by_ib_id.get(trade.order.orderId)
             if rec is not None and trade.order.orderRef and trade.order.orderRef != str(rec.ref):
@@ -449,7 +481,7 @@ class IBBroker(bt.BrokerBase):
         if rec.status == "Inactive" and status == "Cancelled":
             return
         rec.status = status
-        self.state.update_order(str(rec.ref), status=status, perm_id=trade.order.permId or None)
+        self.journal.update_order(str(rec.ref), status=status, perm_id=trade.order.permId or None)
         if status == "Inactive":
             logger.warning("%s rejected by IB (%s)", rec.ref, trade.log[-1].message if trade.log else "")
         self._sync_status(rec)
@@ -464,7 +496,7 @@ class IBBroker(bt.BrokerBase):
         logger.warning("%s IB %d: %s", rec.ref, code, message)
         if rec.filled <= _EPS and not rec.done:
             rec.status = "Inactive"
-            self.state.update_order(str(rec.ref), status="Inactive")
+            self.journal.update_order(str(rec.ref), status="Inactive")
             self._sync_status(rec)
 
     def _on_commission(self, trade: Trade, fill: Any, report: Any) -> None:
@@ -472,29 +504,23 @@ class IBBroker(bt.BrokerBase):
 
     def _apply_fill(self, fill: Any) -> None:
         """Book one IB execution (with its commission report) once, by ``execId``."""
-        ex = fill.execution
-        ref = mp.parse_order_ref(ex.orderRef, self.p.strategy_id)
-        if ref is None:
+        execution = execution_record(fill, self.p.strategy_id)
+        if execution is None or not self.journal.record_fill(execution):
             return
-        rec = self.recs.get(str(ref))
-        shares = float(ex.shares)
-        time = _utc(ex.time) if isinstance(ex.time, datetime) else datetime.now(UTC)
-        if not self.state.record_fill(ex.execId, order_ref=str(ref), symbol=ref.symbol, side=ex.side,
-                                      shares=shares, price=float(ex.price), time=time,
-                                      commission=float(fill.commissionReport.commission or 0.0)):
-            return
+        rec = self.tracked.get(execution.order_ref)
         if rec is None:
             logger.warning("fill %s for %s: an order of ours this process does not know; position left alone",
-                           ex.execId, ref)
+                           execution.exec_id, execution.order_ref)
             return
-        logger.info("%s fill %s %g @ %.4f commission %.2f", ref, ex.side, shares, ex.price,
-                    fill.commissionReport.commission)
-        self._book_fill(rec, shares if ex.side == "BOT" else -shares, float(ex.price),
-                        float(fill.commissionReport.commission or 0.0), time, notify=True)
+        logger.info("%s fill %s %g @ %.4f commission %.2f", execution.order_ref, execution.side, execution.shares,
+                    execution.price, execution.commission)
+        self._book_fill(rec, execution.signed_shares, execution.price, execution.commission, execution.time,
+                        notify=True)
 
-    def _book_fill(self, rec: _Rec, size: float, price: float, comm: float, time: datetime, notify: bool) -> None:
+    def _book_fill(self, rec: TrackedOrder, size: float, price: float, comm: float, time: datetime,
+                   notify: bool) -> None:
         rec.filled += abs(size)
-        self.state.update_order(str(rec.ref), filled=rec.filled)
+        self.journal.update_order(str(rec.ref), filled=rec.filled)
         pos = self.positions[rec.data]
         pprice_orig = pos.price
         psize, pprice, opened, closed = pos.update(size, price)
@@ -534,10 +560,10 @@ class IBBroker(bt.BrokerBase):
             self._adopt_open_order(trade)
         self._check_positions()
         logger.info("reconciled with IB: %d open orders of ours, %d fills known",
-                    sum(1 for r in self.recs.values() if not r.done), len(self.state.fills()))
+                    sum(1 for r in self.tracked.values() if not r.done), len(self.journal.fills()))
 
     def _adopt_open_order(self, trade: Trade) -> None:
-        ref = mp.parse_order_ref(trade.order.orderRef, self.p.strategy_id)
+        ref = parse_order_ref(trade.order.orderRef, self.p.strategy_id)
         if ref is None:
             key = f"order:{trade.order.permId}"
             if key not in self._warned:
@@ -545,7 +571,7 @@ class IBBroker(bt.BrokerBase):
                 logger.warning("unrecognised open order at IB (permId %s, orderRef %r, %s %s); left alone",
                                trade.order.permId, trade.order.orderRef, trade.order.action, trade.contract.symbol)
             return
-        rec = self.recs.get(str(ref))
+        rec = self.tracked.get(str(ref))
         if rec is None:
             logger.warning("open order %s is ours but unknown to the state store; left alone", ref)
             return
@@ -566,39 +592,43 @@ class IBBroker(bt.BrokerBase):
                     logger.warning("IB position %s %g differs from ours %g: the rest is not ours, left alone",
                                    symbol, p.position, mine)
 
-    def restore(self, strategy: Any) -> None:
-        """Rebuild open trades from the state store into ``strategy`` (books, bound orders, positions)."""
-        from strategies.ml_strategy import Book  # noqa: PLC0415 - the broker only needs it on restart
+    def restore_orders(self, owner: Any, data: Any, trade_id: str | None, order_rows: Iterable[Mapping[str, Any]],
+                       bound_roles: Collection[str]) -> dict[str, bt.Order]:
+        """Track one trade's journaled orders again after a restart; return the twins of ``bound_roles`` by role.
 
-        books = self.state.books()
-        for data in strategy.datas:
-            self._datas[data._name] = data
-        for symbol, snap in books.items():
-            data = self._datas.get(symbol)
-            if data is None:
-                logger.warning("state has a trade in %s, which this run does not trade; left alone", symbol)
-                continue
-            tid = snap["trade_id"]
-            self._trade_of[symbol] = tid
-            book = Book(size=float(snap["size"]), entry_price=float(snap["entry_price"]),
-                        entry_comm=float(snap["entry_comm"]), entry_p_up=float(snap["entry_p_up"]),
-                        entry_time=datetime.fromisoformat(snap["entry_time"]) if snap.get("entry_time") else None,
-                        reserved=float(snap.get("reserved", 0.0)), exit_reason=snap.get("exit_reason"))
-            book.entry_bar = 0
-            strategy.restored_bars_held[symbol] = int(snap.get("bars_held", 0))
-            for row in self.state.orders(symbol, tid):
-                self._restore_order(strategy, data, book, snap, row)
-            strategy.books[symbol] = book
-            strategy.reserved_cash += book.reserved
-            logger.info("restored %s trade %s: %g shares, %s", symbol, tid, book.size,
-                        ", ".join(f"{r}={self.recs[str(mp.OrderRef(self.p.strategy_id, symbol, tid, r))].status}"
-                                  for r in mp.ROLES
-                                  if str(mp.OrderRef(self.p.strategy_id, symbol, tid, r)) in self.recs))
+        Each row becomes an order of ours again (IB's events find it by ``orderRef`` and order id) and the
+        journal's fills of each are booked into our position once more. The orders of ``bound_roles`` (those the
+        strategy's book was tracking) get a backtrader twin owned by ``owner`` and their fills are notified to
+        it; the fills of the others only move the position. The broker keeps no reference to the strategy: the
+        caller puts the returned twins into the strategy's book.
 
-    def _restore_order(self, strategy: Any, data: Any, book: Any, snap: dict[str, Any], row: dict[str, Any]) -> None:
-        ref = mp.parse_order_ref(row["order_ref"])
-        if ref is None:
-            return
+        Parameters
+        ----------
+        owner
+            The strategy the twins belong to (backtrader routes their notifications to it).
+        data
+            The symbol's feed.
+        trade_id
+            The trade the rows belong to (``orderRef``'s trade id; None when the book never learnt it).
+        order_rows
+            The journal's order rows of the trade.
+        bound_roles
+            The roles (``entry``, ``stop``, ``target``, ``exit``) whose orders the book was tracking.
+        """
+        self._datas[data._name] = data
+        if trade_id is not None:
+            self._trade_of[data._name] = trade_id
+        twins: dict[str, bt.Order] = {}
+        for row in order_rows:
+            ref = parse_order_ref(row["order_ref"])
+            if ref is not None:
+                twin = self._restore_order(owner, data, ref, row, ref.role in bound_roles)
+                if twin is not None:
+                    twins[ref.role] = twin
+        return twins
+
+    def _restore_order(self, owner: Any, data: Any, ref: OrderRef, row: Mapping[str, Any],
+                       bound: bool) -> bt.Order | None:
         extra = {}
         if row["order_type"] == "LMT":
             extra["lmtPrice"] = row["price"]
@@ -608,59 +638,28 @@ class IBBroker(bt.BrokerBase):
                          orderRef=row["order_ref"], action=row["action"],
                          totalQuantity=float(row["quantity"]), orderType=row["order_type"], tif="DAY",
                          account=self.session.account, **extra)
-        rec = _Rec(ref, data, ib_order, status=row["status"])
-        self.recs[str(ref)] = rec
+        rec = TrackedOrder(ref, data, ib_order, status=row["status"])
+        self.tracked[str(ref)] = rec
         self._by_ib_id[ib_order.orderId] = rec
-        seen_entry = book.size > 0
-        bound = {mp.ENTRY: not seen_entry, mp.STOP: snap.get("stop_bound", False),
-                 mp.TARGET: snap.get("target_bound", False), mp.EXIT: snap.get("exit_pending", False)}[ref.role]
-        if bound:
-            self._rebind(strategy, rec, book, row)
-        for f in self.state.fills(str(ref)):
-            size = f["shares"] if f["side"] == "BOT" else -f["shares"]
-            self._book_fill(rec, size, f["price"], f["commission"], datetime.fromisoformat(f["time"]),
-                            notify=bound)
+        twin = self._rebind(owner, rec, row) if bound else None
+        for f in self.journal.fills(str(ref)):
+            self._book_fill(rec, f.signed_shares, f.price, f.commission, f.time, notify=bound)
         if not bound:
             rec.pending.clear()
         self._sync_status(rec)
+        return twin
 
-    def _rebind(self, strategy: Any, rec: _Rec, book: Any, row: dict[str, Any]) -> None:
-        """Give a restored order a backtrader twin the restored book points at."""
+    def _rebind(self, owner: Any, rec: TrackedOrder, row: Mapping[str, Any]) -> bt.Order:
+        """Give a restored order a backtrader twin (the restored book points at it)."""
         role, data = rec.ref.role, rec.data
-        cls = bt.BuyOrder if role == mp.ENTRY else bt.SellOrder
+        cls = bt.BuyOrder if role == ENTRY else bt.SellOrder
         exectype = {"MKT": bt.Order.Market, "LMT": bt.Order.Limit, "STP": bt.Order.Stop}[row["order_type"]]
-        order = cls(owner=strategy, data=data, size=float(row["quantity"]), price=row["price"], exectype=exectype,
+        order = cls(owner=owner, data=data, size=float(row["quantity"]), price=row["price"], exectype=exectype,
                     simulated=True)
         order.addcomminfo(self.getcommissioninfo(data))
         order.submit(self)
         rec.bt_order = order
         self._by_bt[order.ref] = rec
-        if role == mp.ENTRY:
-            book.entry_ref = order.ref
-        elif role == mp.STOP:
-            book.stop = order
-        elif role == mp.TARGET:
-            book.target = order
-        else:
-            book.exit_ref = order.ref
-        if mp.IB_TO_BT_STATUS.get(rec.status) == bt.Order.Accepted:
+        if IB_TO_BT_STATUS.get(rec.status) == bt.Order.Accepted:
             order.accept(self)
-
-    # -- flatten ----------------------------------------------------------------------------------
-    def flatten(self) -> dict[str, float]:
-        """Cancel all our working orders and sell all our positions at market; return what was sold."""
-        for rec in self.recs.values():
-            if not rec.done:
-                self._cancel_ib(rec)
-        sold: dict[str, float] = {}
-        for data, pos in list(self.positions.items()):
-            if pos.size > _EPS:
-                tid = self._trade_of.get(data._name, "00000000-0000")
-                ref = mp.OrderRef(self.p.strategy_id, data._name, tid, mp.EXIT)
-                if str(ref) in self.recs and not self.recs[str(ref)].done:
-                    continue
-                rec = self._new_rec(ref, data, mp.order_fields("SELL", pos.size, bt.Order.Market, None))
-                self._persist(rec)
-                if self._place(rec):
-                    sold[data._name] = pos.size
-        return sold
+        return order

@@ -1,6 +1,7 @@
 """One historical-data request budget for all feeds and the downloader: IB's pacing rules are never broken.
 
-IB's "Historical Data Limitations" (docs/ib/tws_protocol.md §3.1) — a violation is error 162 and no bars:
+IB's "Historical Data Limitations" (TWS API guide, https://interactivebrokers.github.io/tws-api/historical_limitations.html,
+"Pacing Violations for Small Bars") — a violation is error 162 and no bars:
 
 - no identical request within 15 s;
 - no 6th request for the same contract / exchange / tick type within 2 s;

@@ -203,7 +203,7 @@ class Downloader:
     budget
         Pacing budget (shared with any feed in the same process).
     sleep
-        Waits ``seconds`` of the session's clock; pumps the IB loop by default (tests advance the simulator).
+        Waits ``seconds`` of the session's clock; runs the IB event loop by default (tests advance the simulator).
     progress
         Show a tqdm progress bar.
     """
@@ -213,7 +213,7 @@ class Downloader:
         self.session = session
         self.store = store
         self.budget = budget or RequestBudget.from_config(session.cfg)
-        self.sleep = sleep or session.pump
+        self.sleep = sleep or session.run_event_loop
         self.progress = progress
         self.report = DownloadReport()
 

@@ -46,7 +46,6 @@ from feeds.ib.budget import RequestBudget, RequestKey
 from feeds.ib.errors import ErrorKind, classify
 from feeds.ib.session import IBSession
 from feeds.pandas_feed import to_bt_num
-from ml.features import live_window_bars
 
 logger = logging.getLogger(__name__)
 
@@ -353,9 +352,9 @@ class BarPoller:
         return len(starts)
 
     def idle(self, tracker: SymbolTracker, seconds: float) -> None:
-        """Let time pass while nothing is due: the first symbol's feed pumps the loop, the others don't wait."""
+        """Let time pass while nothing is due: the first symbol's feed runs the event loop, the others don't wait."""
         leader = self.trackers[0] if self.trackers else tracker
-        self.session.pump(seconds if tracker is leader else 0.0)
+        self.session.run_event_loop(seconds if tracker is leader else 0.0)
 
 
 # -- the backtrader feed -------------------------------------------------------------------------------------
@@ -373,7 +372,8 @@ class IBPollingFeed(bt.feed.DataBase):
     budget
         The :class:`~feeds.ib.budget.RequestBudget` shared by every feed and the downloader.
     warmup_bars
-        Closed bars loaded at start; ``ml.features.live_window_bars(bar_minutes)`` by default.
+        Closed bars loaded at start (required): the live engine passes the feature window
+        (``ml.features.live_window_bars``), so the first live bar's features equal the backtest's.
     clock
         Current time; the session's clock by default.
     poll_offset_seconds, stale_after_bars
@@ -381,7 +381,7 @@ class IBPollingFeed(bt.feed.DataBase):
     exchange
         Exchange calendar.
     qcheck
-        Seconds the first feed pumps the event loop when nothing is due (backtrader's live-feed wait).
+        Seconds the first feed runs the event loop when nothing is due (backtrader's live-feed wait).
 
     Attributes
     ----------
@@ -405,8 +405,8 @@ class IBPollingFeed(bt.feed.DataBase):
         """Register with the session's shared poller; warm-up is requested by the first poll."""
         super().start()
         session: IBSession | None = self.p.session
-        if session is None or not self.p.symbol:
-            raise ValueError("IBPollingFeed needs session= and symbol=")
+        if session is None or not self.p.symbol or not self.p.warmup_bars:
+            raise ValueError("IBPollingFeed needs session=, symbol= and warmup_bars=")
         cfg = session.cfg
         self.historical = True
         self._stopped = False
@@ -415,7 +415,7 @@ class IBPollingFeed(bt.feed.DataBase):
         self._poller = BarPoller.for_session(session, self.p.budget, self._clock)
         self._tracker = SymbolTracker(
             symbol=str(self.p.symbol).upper(), bar_minutes=int(self.p.bar_minutes),
-            warmup_bars=int(self.p.warmup_bars or live_window_bars(int(self.p.bar_minutes))),
+            warmup_bars=int(self.p.warmup_bars),
             poll_offset_seconds=float(cfg.poll_offset_seconds if self.p.poll_offset_seconds is None
                                       else self.p.poll_offset_seconds),
             stale_after_bars=int(cfg.stale_after_bars if self.p.stale_after_bars is None

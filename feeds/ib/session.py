@@ -1,8 +1,8 @@
 """The one IB connection: connect, classify errors, reconnect with capped backoff + jitter, alert, re-sync.
 
 backtrader runs its main loop synchronously, so nothing here runs by itself: the engine calls
-:meth:`IBSession.maintain` and :meth:`IBSession.pump` often (the feeds do it from ``_load``, the broker from
-its own hooks). :meth:`pump` runs ib_async's event loop with ``ib.sleep`` — never ``time.sleep`` ("The One
+:meth:`IBSession.maintain` and :meth:`IBSession.run_event_loop` often (the feeds do it from ``_load``, the broker from
+its own hooks). :meth:`run_event_loop` runs ib_async's event loop with ``ib.sleep`` — never ``time.sleep`` ("The One
 Rule" of ib_async's ``IB``). Reconnect attempts are scheduled on the injected clock, so tests that tie the
 clock to the simulator's clock are deterministic.
 
@@ -36,6 +36,13 @@ _REQ_ERRORS_KEPT = 2_000
 _CONNECT_TIMEOUT_CAP = 10.0
 
 
+def quieten_client_logging() -> None:
+    """Keep ib_async's own log to warnings, and its wrapper's to nothing: the wrapper logs every cancel
+    confirmation (202) as an ERROR, while the session logs IB's errors classified by meaning."""
+    logging.getLogger("ib_async").setLevel(logging.WARNING)
+    logging.getLogger("ib_async.wrapper").setLevel(logging.CRITICAL)
+
+
 def wall_clock() -> datetime:
     """Return the wall-clock time (UTC); the production clock."""
     return datetime.now(UTC)
@@ -58,7 +65,7 @@ class IBSession:
     ib
         The ``ib_async.IB`` instance — for ``feeds.ib`` modules only.
     on_resync
-        Called (from :meth:`maintain` / :meth:`pump`, never from inside the event loop) after a reconnect or
+        Called (from :meth:`maintain` / :meth:`run_event_loop`, never from inside the event loop) after a reconnect or
         after 1101/1102: feeds backfill, the broker reconciles.
     on_error
         Called with ``(code, kind, reqId, message)`` for every IB error / notice.
@@ -133,7 +140,7 @@ class IBSession:
             if attempt:
                 delay = self._backoff_delay(attempt - 1)
                 logger.info("connect attempt %d/%d in %.1f s", attempt + 1, attempts, delay)
-                self._pump_quietly(delay)
+                self._run_loop_quietly(delay)
             try:
                 self._try_connect(timeout)
             except TemporaryIBError as exc:
@@ -265,12 +272,12 @@ class IBSession:
         self._after_connect(first=False)
         return self.connected
 
-    def pump(self, seconds: float = 0.0) -> None:
+    def run_event_loop(self, seconds: float = 0.0) -> None:
         """Run ib_async's event loop for ``seconds`` (``ib.sleep``; a socket drop is absorbed) and re-sync."""
-        self._pump_quietly(seconds)
+        self._run_loop_quietly(seconds)
         self._drain()
 
-    def _pump_quietly(self, seconds: float) -> None:
+    def _run_loop_quietly(self, seconds: float) -> None:
         # A socket drop surfaces here as ConnectionError; _on_disconnected records it, maintain() reconnects.
         with contextlib.suppress(ConnectionError):
             self.ib.sleep(seconds)

@@ -22,12 +22,12 @@ import numpy as np
 import pandas as pd
 
 from config.settings import AppConfig, load_config
-from feeds.ib import mapping as mp
+from engines.live.node import LiveRun, build_live
+from engines.live.safety import KillSwitch
+from engines.live.state import StateStore, state_path
 from feeds.ib.feed import BarPoller
-from feeds.ib.live import LiveRun, build_live, state_path
-from feeds.ib.safety import KillSwitch
+from feeds.ib.mapping import parse_order_ref
 from feeds.ib.session import IBSession
-from feeds.ib.state import StateStore
 from ibsim import IBSim
 from ml.features import FEATURE_NAMES
 from tests.kit import synthetic_frames
@@ -99,7 +99,7 @@ class LiveDriver:
 
     @property
     def strategy(self) -> Any:
-        return self.run.hooks._strategy
+        return self.run.hooks.strategy
 
     def _settled(self, bars: int) -> bool:
         strat = self.strategy
@@ -112,9 +112,9 @@ class LiveDriver:
             return False
         if bars and not self.held_back():
             last_closed = bt.date2num((self.sim.now() - timedelta(minutes=1)).replace(tzinfo=None))
-            if self.run.hooks._last_live < last_closed - 1e-9:  # set after the bar's decisions
+            if self.run.hooks.last_live_bar < last_closed - 1e-9:  # set after the bar's decisions
                 return False
-        return not self.run.broker._pending_exits and len(self.sim.orders()) >= len(self.run.broker.sent)
+        return not self.run.broker.exits_on_hold and len(self.sim.orders()) >= len(self.run.broker.sent)
 
     def held_back(self) -> bool:
         """True while the request budget backs off after a 162: only simulated time can bring the next bar."""
@@ -167,8 +167,8 @@ def assert_books_match(driver: LiveDriver, sim: IBSim) -> None:
     (broker and strategy book) equal, and the persisted risk state is the strategy's."""
     refs = [o.orderRef for o in sim.orders()]
     assert len(refs) == len(set(refs)), Counter(refs).most_common(3)
-    assert all(mp.parse_order_ref(r, "mlx") for r in refs)
-    assert {e.execId for e in sim.fills()} == {f["exec_id"] for f in driver.state.fills()}
+    assert all(parse_order_ref(r, "mlx") for r in refs)
+    assert {e.execId for e in sim.fills()} == {f.exec_id for f in driver.state.fills()}
     for d in driver.strategy.datas:
         theirs = sim.positions().get(d._name)
         assert driver.run.broker.getposition(d).size == (theirs.qty if theirs else 0.0), d._name

@@ -368,8 +368,7 @@ def test_tmux_launcher_runs_ibsim_and_run_live_trades_then_stops_cleanly(tmp_pat
     _opt_in(request)
     if shutil.which("tmux") is None:
         pytest.skip("tmux not installed")
-    from feeds.ib.live import state_path  # noqa: PLC0415
-    from feeds.ib.state import StateStore  # noqa: PLC0415
+    from engines.live.state import StateStore, state_path  # noqa: PLC0415
     from tests.integration import live_support as ls  # noqa: PLC0415
 
     r = ls.prepare_rehearsal(tmp_path)

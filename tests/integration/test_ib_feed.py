@@ -36,7 +36,8 @@ def session(sim: IBSim) -> Iterator[IBSession]:
 
 def start_feed(session: IBSession, symbol: str = "AAPL", budget: RequestBudget | None = None) -> IBPollingFeed:
     """Create and start a feed outside a run (backtrader needs a Cerebro as its environment)."""
-    feed = IBPollingFeed(session=session, symbol=symbol, budget=budget or RequestBudget(False), qcheck=0.0)
+    feed = IBPollingFeed(session=session, symbol=symbol, budget=budget or RequestBudget(False),
+                         warmup_bars=live_window_bars(1), qcheck=0.0)
     bt.Cerebro().adddata(feed, name=symbol)
     feed._start()
     return feed
@@ -115,7 +116,7 @@ def _disconnect(session: IBSession) -> None:
     waited = 0.0
     while session.connected:
         assert waited < 5
-        session.pump(0.02)
+        session.run_event_loop(0.02)
         waited += 0.02
 
 
@@ -185,7 +186,7 @@ def test_stale_data_is_reported_delayed_then_live_again(session: IBSession, sim:
     assert statuses(feed)[-1] == "DELAYED"
     assert session.entries_paused
     sim.restoreConnectivity()
-    session.pump(0.1)
+    session.run_event_loop(0.1)
     sim.advance(seconds=16)  # past the identical-request window of the last poll
     rows = drain(feed)
     assert next(r[0] for r in rows) == utc("2024-01-04 10:00")
@@ -222,18 +223,19 @@ def test_cerebro_with_three_polling_feeds_delivers_each_bar_once(sim_bars: dict[
         cfg = LiveConfig(port=sim.port, client_id=9, request_timeout_seconds=1.0, pacing_small_bars_only=False)
         session = IBSession(cfg, clock=sim.clock.now, rng=random.Random(1))
         session.connect()
-        pump = session.pump
+        run_loop = session.run_event_loop
 
-        def pump_and_let_time_pass(seconds: float = 0.0) -> None:
+        def run_loop_and_let_time_pass(seconds: float = 0.0) -> None:
             if seconds > 0:  # the leader feed idles: simulated time passes instead of wall time
                 sim.advance(seconds=20)
-            pump(0.0)
+            run_loop(0.0)
 
-        session.pump = pump_and_let_time_pass  # type: ignore[method-assign]
+        session.run_event_loop = run_loop_and_let_time_pass  # type: ignore[method-assign]
         cerebro = bt.Cerebro(stdstats=False)
         budget = RequestBudget(False)
         for symbol in ("AAPL", "MSFT", "SPY"):
-            cerebro.adddata(IBPollingFeed(session=session, symbol=symbol, budget=budget), name=symbol)
+            cerebro.adddata(IBPollingFeed(session=session, symbol=symbol, budget=budget,
+                                          warmup_bars=live_window_bars(1)), name=symbol)
         cerebro.addstrategy(Recorder, until=utc("2024-01-04 10:10"))
         strategy = cerebro.run()[0]
         session.disconnect()

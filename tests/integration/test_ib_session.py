@@ -21,11 +21,11 @@ def make_session(sim: IBSim, **overrides: object) -> IBSession:
     return IBSession(cfg, clock=sim.clock.now, rng=random.Random(7))
 
 
-def pump_until(session: IBSession, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+def run_loop_until(session: IBSession, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     waited = 0.0
     while not predicate():
         assert waited < timeout, "condition not met"
-        session.pump(0.02)
+        session.run_event_loop(0.02)
         waited += 0.02
 
 
@@ -65,7 +65,7 @@ def test_socket_drop_reconnects_on_the_clock_and_resyncs(session: IBSession, sim
     resyncs: list[bool] = []
     session.on_resync.append(lambda: resyncs.append(True))
     sim.dropConnections()
-    pump_until(session, lambda: not session.connected)
+    run_loop_until(session, lambda: not session.connected)
     assert session.entries_paused
     assert session.next_attempt_at is not None
     delay = (session.next_attempt_at - sim.now()).total_seconds()
@@ -82,7 +82,7 @@ def test_socket_drop_reconnects_on_the_clock_and_resyncs(session: IBSession, sim
 def test_gateway_restart_backs_off_exponentially_with_jitter_capped_then_reconnects(
         session: IBSession, sim: IBSim) -> None:
     back = sim.restart(downSeconds=2.0, wait=False)
-    pump_until(session, lambda: not session.connected)
+    run_loop_until(session, lambda: not session.connected)
     delays = []
     for _ in range(6):
         assert session.next_attempt_at is not None
@@ -105,7 +105,7 @@ def test_alert_after_alert_after_seconds_of_disconnection_and_keeps_trying(sessi
     alerts: list[str] = []
     session.on_alert.append(alerts.append)
     back = sim.restart(downSeconds=2.0, wait=False)
-    pump_until(session, lambda: not session.connected)
+    run_loop_until(session, lambda: not session.connected)
     sim.advance(seconds=29)
     session.maintain()
     assert alerts == []
@@ -129,14 +129,14 @@ def test_1100_pauses_entries_and_1102_resumes_after_resync(session: IBSession, s
     session.on_error.append(lambda code, kind, req_id, text: seen.append((code, kind)))
     session.on_resync.append(lambda: resyncs.append(True))
     sim.loseConnectivity()
-    pump_until(session, lambda: session.entries_paused)
+    run_loop_until(session, lambda: session.entries_paused)
     assert session.connected
     assert (1100, ErrorKind.CONNECTIVITY_LOST) in seen
     assert (2105, ErrorKind.WARNING) in seen
     session.maintain()
     assert resyncs == []
     sim.restoreConnectivity()
-    pump_until(session, lambda: not session.entries_paused)
+    run_loop_until(session, lambda: not session.entries_paused)
     assert resyncs == [True]
     assert (1102, ErrorKind.CONNECTIVITY_RESTORED) in seen
 
@@ -145,7 +145,7 @@ def test_a_long_1100_raises_the_alert_too(session: IBSession, sim: IBSim) -> Non
     alerts: list[str] = []
     session.on_alert.append(alerts.append)
     sim.loseConnectivity()
-    pump_until(session, lambda: session.entries_paused)
+    run_loop_until(session, lambda: session.entries_paused)
     sim.advance(seconds=31)
     session.maintain()
     assert len(alerts) == 1

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from feeds.ib.live import state_path
+from engines.live.state import state_path
 from ibsim import IBSim, SimConfig
 from tests.integration import live_support as ls
 
@@ -65,16 +65,17 @@ def test_lost_state_db_adopts_open_trade_brackets_closed_trades_and_risk_from_ib
 
     assert set(after["books"]) == set(before["books"])
     for sym, book in before["books"].items():
-        assert {k: after["books"][sym][k] for k in BOOK_FIELDS} == {k: book[k] for k in BOOK_FIELDS}, sym
-        assert math.isnan(after["books"][sym]["entry_p_up"])  # not recoverable from IB
-    assert [{k: t[k] for k in TRADE_FIELDS} for t in after["trades"]] == [
-        {k: t[k] for k in TRADE_FIELDS} for t in before["trades"]]
-    assert [t["pnl"] for t in after["trades"]] == pytest.approx([t["pnl"] for t in before["trades"]], abs=1e-6)
+        theirs = after["books"][sym]
+        assert {k: getattr(theirs, k) for k in BOOK_FIELDS} == {k: getattr(book, k) for k in BOOK_FIELDS}, sym
+        assert math.isnan(after["books"][sym].entry_p_up)  # not recoverable from IB
+    assert [{k: getattr(t, k) for k in TRADE_FIELDS} for t in after["trades"]] == [
+        {k: getattr(t, k) for k in TRADE_FIELDS} for t in before["trades"]]
+    assert [t.pnl for t in after["trades"]] == pytest.approx([t.pnl for t in before["trades"]], abs=1e-6)
     assert after["risk"]["session"] == before["risk"]["session"]
     assert after["risk"]["start_equity"] == pytest.approx(before["risk"]["start_equity"], abs=0.01)
     assert after["risk"]["realized_pnl"] == pytest.approx(before["risk"]["realized_pnl"], abs=1e-6)
     assert after["risk"]["cooldowns"] == before["risk"]["cooldowns"]
-    assert after["held"] == {s: b["size"] for s, b in before["books"].items()}
+    assert after["held"] == {s: b.size for s, b in before["books"].items()}
 
     # nothing was sent twice; the adopted positions ended through their brackets or time exits at IB
     assert not set(second.run.broker.sent) & {o.orderRef for o in sim.orders() if o.orderRef in first.run.broker.sent}

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from engines.backtest import build_cerebro
-from feeds.ib import mapping as mp
+from feeds.ib.mapping import parse_order_ref
 from ibsim import IBSim, SimConfig
 from strategies.ml_strategy import strategy_params
 from tests.integration import live_support as ls
@@ -24,8 +24,8 @@ def _check_books_match_simulator(driver: ls.LiveDriver, sim: IBSim) -> None:
     """Positions, fills and orders of ours equal the simulator's; no orderRef sent twice."""
     refs = [o.orderRef for o in sim.orders()]
     assert len(refs) == len(set(refs)), Counter(refs).most_common(3)
-    assert all(mp.parse_order_ref(r, "mlx") for r in refs)
-    recorded = {f["exec_id"] for f in driver.state.fills()}
+    assert all(parse_order_ref(r, "mlx") for r in refs)
+    recorded = {f.exec_id for f in driver.state.fills()}
     assert {e.execId for e in sim.fills()} == recorded  # no lost fill, no invented one
     for d in driver.strategy.datas:
         ours = driver.run.broker.getposition(d).size

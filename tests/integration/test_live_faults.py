@@ -12,8 +12,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from engines.live.heartbeat import heartbeat_path
 from feeds.ib.feed import BarPoller
-from feeds.ib.live import heartbeat_path
 from ibsim import IBSim, SimConfig
 from tests.integration import live_support as ls
 
@@ -67,9 +67,9 @@ def test_fill_while_disconnected_is_applied_after_the_reconnect(tmp_path: Path) 
     step, done = _once_with_position(crash_price)
     driver, sim = _run(tmp_path, step)
     sym = done["symbol"]
-    stops = [t for t in driver.state.trades(DAY) if t["symbol"] == sym and t["exit_reason"] == "STOP"]
+    stops = [t for t in driver.state.trades(DAY) if t.symbol == sym and t.exit_reason == "STOP"]
     assert stops, driver.state.trades(DAY)
-    assert any(f["order_ref"].endswith(":stop") for f in driver.state.fills() if f["symbol"] == sym)
+    assert any(f.order_ref.endswith(":stop") for f in driver.state.fills() if f.symbol == sym)
     ls.assert_books_match(driver, sim)
     driver.close()
     sim.stop()
@@ -155,8 +155,8 @@ def test_webhook_posts_the_summary_to_a_local_http_server(kind: str) -> None:
     import threading  # noqa: PLC0415
     from http.server import BaseHTTPRequestHandler, HTTPServer  # noqa: PLC0415
 
-    from analyzers.notify import post_message  # noqa: PLC0415
     from config.settings import WebhookConfig  # noqa: PLC0415
+    from engines.live.notify import post_message  # noqa: PLC0415
 
     received: list[dict[str, Any]] = []
 

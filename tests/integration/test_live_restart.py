@@ -12,8 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from feeds.ib.live import state_path
-from feeds.ib.state import StateStore
+from engines.live.state import StateStore, state_path
 from tests.integration import live_support as ls
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,17 +61,17 @@ def test_sigkill_mid_day_then_restart_keeps_trades_clocks_and_risk_state(tmp_pat
         store.close()
         # the trade open at the crash was adopted and closed once, its max-hold clock kept running
         open_syms = set(before["books"])
-        closed = [t for t in trades if t["symbol"] in open_syms and t not in before["trades"]]
+        closed = [t for t in trades if t.symbol in open_syms and t not in before["trades"]]
         assert closed, trades
         for t in closed:
-            held = (pd.Timestamp(t["exit_time"]) - pd.Timestamp(t["entry_time"])) / pd.Timedelta(minutes=1)
-            assert t["bars_held"] == held  # counted from the original entry bar, not from the restart
-            if t["exit_reason"] == "TIMEOUT":
-                assert 8 <= t["bars_held"] <= 8 + 3 + 1  # due at 8; at most late by the bars we were dead
+            held = (pd.Timestamp(t.exit_time) - pd.Timestamp(t.entry_time)) / pd.Timedelta(minutes=1)
+            assert t.bars_held == held  # counted from the original entry bar, not from the restart
+            if t.exit_reason == "TIMEOUT":
+                assert 8 <= t.bars_held <= 8 + 3 + 1  # due at 8; at most late by the bars we were dead
         # the risk state carried over: same session and start-of-day equity, P&L of every trade of the day
         assert risk["session"] == before["risk"]["session"]
         assert risk["start_equity"] == before["risk"]["start_equity"]
-        assert risk["realized_pnl"] == pytest.approx(sum(t["pnl"] for t in trades))
+        assert risk["realized_pnl"] == pytest.approx(sum(t.pnl for t in trades))
         # no order sent twice, no fill lost: every execution at IB is ours, recorded once, one order per ref
         from ib_async import IB  # noqa: PLC0415
 
@@ -84,10 +83,10 @@ def test_sigkill_mid_day_then_restart_keeps_trades_clocks_and_risk_state(tmp_pat
         for f in executions:
             ids[f.execution.orderRef].add(f.execution.permId)
         assert all(len(v) == 1 for v in ids.values()), ids
-        assert {f.execution.execId for f in executions} == {f["exec_id"] for f in fills}
+        assert {f.execution.execId for f in executions} == {f.exec_id for f in fills}
         net: dict[str, float] = defaultdict(float)
         for f in fills:
-            net[f["symbol"]] += f["shares"] if f["side"] == "BOT" else -f["shares"]
+            net[f.symbol] += f.shares if f.side == "BOT" else -f.shares
         assert {k: v for k, v in net.items() if v} == ls.sim_positions(ctl)
     finally:
         if live is not None and live.poll() is None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import run_live
-from feeds.ib.safety import KillSwitch, UnsafeConfigError, check_account, check_endpoint, flatten_all
+from engines.live.safety import KillSwitch, UnsafeConfigError, check_account, check_endpoint, flatten_all
 from ibsim import IBSim, SimConfig
 from tests.integration import live_support as ls
 

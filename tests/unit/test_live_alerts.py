@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from config.settings import load_config
-from feeds.ib import live
+from engines.live import node
 
 
 def test_session_alert_is_posted_to_the_configured_webhook(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -17,11 +17,11 @@ def test_session_alert_is_posted_to_the_configured_webhook(monkeypatch: pytest.M
         posted.append((webhook, text, payload))
         return True
 
-    monkeypatch.setattr(live, "post_message", fake_post)
+    monkeypatch.setattr(node, "post_message", fake_post)
     cfg = load_config("config/paper.toml", ["live.webhook.kind=slack"])
     session = SimpleNamespace(on_alert=[])
 
-    live.alert_to_webhook(session, cfg)  # type: ignore[arg-type]
+    node.alert_to_webhook(session, cfg)  # type: ignore[arg-type]
     for callback in session.on_alert:
         callback("IB disconnected for 300 s; still trying")
 

@@ -8,23 +8,23 @@ import math
 from collections import Counter
 
 from core.records import BlockReason
-from strategies import risk as rk
+from strategies.risk import CooldownRule, DailyLossRule, EntryContext, RiskState, default_rules, first_block
 
 logger = logging.getLogger(__name__)
 
 
-def _ctx(state: rk.RiskState, symbol: str = "AAA", mtc: float = 60.0, equity: float = 100_000.0,
-         open_positions: int = 0) -> rk.EntryContext:
-    return rk.EntryContext(symbol, mtc, equity, open_positions, state)
+def _ctx(state: RiskState, symbol: str = "AAA", mtc: float = 60.0, equity: float = 100_000.0,
+         open_positions: int = 0) -> EntryContext:
+    return EntryContext(symbol, mtc, equity, open_positions, state)
 
 
 def test_risk_state_survives_a_json_round_trip() -> None:
     # Arrange
-    state = rk.RiskState(session=19_725, start_equity=100_000.0, realized_pnl=-123.5, cooldowns={"AAA": 3},
+    state = RiskState(session=19_725, start_equity=100_000.0, realized_pnl=-123.5, cooldowns={"AAA": 3},
                          blocked=Counter({BlockReason.COOLDOWN: 2, BlockReason.DAILY_LOSS: 1}))
 
     # Act
-    restored = rk.RiskState.from_dict(json.loads(json.dumps(state.to_dict())))
+    restored = RiskState.from_dict(json.loads(json.dumps(state.to_dict())))
 
     # Assert
     assert restored == state
@@ -34,7 +34,7 @@ def test_risk_state_survives_a_json_round_trip() -> None:
 
 def test_fresh_risk_state_round_trips_with_unknown_start_equity() -> None:
     # Act
-    restored = rk.RiskState.from_dict(json.loads(json.dumps(rk.RiskState().to_dict())))
+    restored = RiskState.from_dict(json.loads(json.dumps(RiskState().to_dict())))
 
     # Assert
     assert restored.session == -1
@@ -44,7 +44,7 @@ def test_fresh_risk_state_round_trips_with_unknown_start_equity() -> None:
 
 def test_new_session_resets_the_day_but_keeps_cooldowns() -> None:
     # Arrange
-    state = rk.RiskState(session=1, start_equity=100.0, realized_pnl=-5.0, cooldowns={"AAA": 2},
+    state = RiskState(session=1, start_equity=100.0, realized_pnl=-5.0, cooldowns={"AAA": 2},
                          blocked=Counter({BlockReason.COOLDOWN: 1}))
 
     # Act
@@ -60,8 +60,8 @@ def test_new_session_resets_the_day_but_keeps_cooldowns() -> None:
 
 def test_cooldown_blocks_the_stop_bar_and_the_next_n_bars() -> None:
     # Arrange: the STOP is booked before the decision on its bar; each bar decides, then ticks
-    state = rk.RiskState()
-    rule = rk.CooldownRule()
+    state = RiskState()
+    rule = CooldownRule()
     state.start_cooldown("AAA", 3)
 
     # Act
@@ -77,7 +77,7 @@ def test_cooldown_blocks_the_stop_bar_and_the_next_n_bars() -> None:
 
 def test_cooldown_is_per_symbol() -> None:
     # Arrange
-    state = rk.RiskState()
+    state = RiskState()
     state.start_cooldown("AAA", 2)
 
     # Act
@@ -85,13 +85,13 @@ def test_cooldown_is_per_symbol() -> None:
 
     # Assert
     assert state.cooldowns == {"AAA": 3}
-    assert rk.CooldownRule().allows(_ctx(state, "BBB"))
-    assert not rk.CooldownRule().allows(_ctx(state, "AAA"))
+    assert CooldownRule().allows(_ctx(state, "BBB"))
+    assert not CooldownRule().allows(_ctx(state, "AAA"))
 
 
 def test_zero_cooldown_blocks_nothing() -> None:
     # Arrange
-    state = rk.RiskState()
+    state = RiskState()
 
     # Act
     state.start_cooldown("AAA", 0)
@@ -99,32 +99,32 @@ def test_zero_cooldown_blocks_nothing() -> None:
 
     # Assert
     assert state.cooldowns == {}
-    assert rk.CooldownRule().allows(_ctx(state))
+    assert CooldownRule().allows(_ctx(state))
 
 
 def test_daily_loss_rule_blocks_at_or_below_the_limit() -> None:
     # Arrange
-    state = rk.RiskState(session=1, start_equity=100_000.0)
-    rule = rk.DailyLossRule(0.02)
+    state = RiskState(session=1, start_equity=100_000.0)
+    rule = DailyLossRule(0.02)
 
     # Act / Assert
     assert rule.allows(_ctx(state, equity=98_000.01))
     assert not rule.allows(_ctx(state, equity=98_000.0))
     assert not rule.allows(_ctx(state, equity=90_000.0))
-    assert rule.allows(_ctx(rk.RiskState(), equity=1.0))  # no start-of-day equity yet
+    assert rule.allows(_ctx(RiskState(), equity=1.0))  # no start-of-day equity yet
 
 
 def test_rules_report_the_first_failing_reason_in_order() -> None:
     # Arrange: every rule would block
-    rules = rk.default_rules(no_new_entries_minutes=15, daily_loss_limit=0.02, max_positions=2)
-    state = rk.RiskState(session=1, start_equity=100_000.0, cooldowns={"AAA": 1})
+    rules = default_rules(no_new_entries_minutes=15, daily_loss_limit=0.02, max_positions=2)
+    state = RiskState(session=1, start_equity=100_000.0, cooldowns={"AAA": 1})
     ctx = _ctx(state, mtc=10.0, equity=50_000.0, open_positions=2)
 
     # Act / Assert
     assert [r.reason for r in rules] == [BlockReason.CLOSE_WINDOW, BlockReason.DAILY_LOSS, BlockReason.COOLDOWN,
                                          BlockReason.MAX_POSITIONS]
-    assert rk.first_block(rules, ctx) == BlockReason.CLOSE_WINDOW
-    assert rk.first_block(rules, _ctx(state, mtc=15.0, equity=50_000.0, open_positions=2)) == BlockReason.DAILY_LOSS
-    assert rk.first_block(rules, _ctx(state, mtc=15.0, open_positions=2)) == BlockReason.COOLDOWN
-    assert rk.first_block(rules, _ctx(state, "BBB", mtc=15.0, open_positions=2)) == BlockReason.MAX_POSITIONS
-    assert rk.first_block(rules, _ctx(state, "BBB", mtc=15.0, open_positions=1)) is None
+    assert first_block(rules, ctx) == BlockReason.CLOSE_WINDOW
+    assert first_block(rules, _ctx(state, mtc=15.0, equity=50_000.0, open_positions=2)) == BlockReason.DAILY_LOSS
+    assert first_block(rules, _ctx(state, mtc=15.0, open_positions=2)) == BlockReason.COOLDOWN
+    assert first_block(rules, _ctx(state, "BBB", mtc=15.0, open_positions=2)) == BlockReason.MAX_POSITIONS
+    assert first_block(rules, _ctx(state, "BBB", mtc=15.0, open_positions=1)) is None

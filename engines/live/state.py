@@ -5,6 +5,10 @@ It holds what IB cannot tell us after a restart: which orders are ours and what 
 ``p_up`` at entry, bars held), the closed trades of the day and the risk state (day, start-of-day equity,
 realised P&L, cooldowns, blocked counts). Every intent is written **before** the engine acts on it (an order
 row before ``placeOrder``), and every write commits at once, so a ``kill -9`` loses nothing it acted on.
+
+It is the :class:`~feeds.ib.journal.OrderJournal` the IB broker writes through (orders, fills as
+:class:`~feeds.ib.mapping.ExecutionRecord`), and it keeps the engine's typed records: books as
+:class:`~core.records.BookSnapshot`, closed trades as :class:`~core.records.TradeRecord`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,11 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from config.settings import AppConfig
+from core.calendar import exchange_day
+from core.records import BookSnapshot, TradeRecord
+from feeds.ib.mapping import ExecutionRecord
 
 logger = logging.getLogger(__name__)
 
@@ -154,49 +163,53 @@ class StateStore:
         return [dict(r) for r in self._db.execute(sql + " ORDER BY created_at, rowid", args)]
 
     # -- fills ------------------------------------------------------------------------------------
-    def record_fill(self, exec_id: str, *, order_ref: str, symbol: str, side: str, shares: float, price: float,
-                    time: datetime, commission: float) -> bool:
-        """Record an execution once; return False when ``exec_id`` was already recorded (a duplicate)."""
+    def record_fill(self, execution: ExecutionRecord) -> bool:
+        """Record an execution once; return False when its ``exec_id`` was already recorded (a duplicate)."""
+        e = execution
         cur = self._db.execute(
             "INSERT OR IGNORE INTO fills (exec_id, order_ref, symbol, side, shares, price, time, commission) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (exec_id, order_ref, symbol, side, float(shares), float(price), time.isoformat(), float(commission)))
+            (e.exec_id, e.order_ref, e.symbol, e.side, float(e.shares), float(e.price), e.time.isoformat(),
+             float(e.commission)))
         return cur.rowcount == 1
 
-    def fills(self, order_ref: str | None = None) -> list[dict[str, Any]]:
+    def fills(self, order_ref: str | None = None) -> list[ExecutionRecord]:
         """Return recorded executions (optionally of one order), in time order."""
         if order_ref is None:
             rows = self._db.execute("SELECT * FROM fills ORDER BY time, rowid")
         else:
             rows = self._db.execute("SELECT * FROM fills WHERE order_ref = ? ORDER BY time, rowid", (order_ref,))
-        return [dict(r) for r in rows]
+        return [ExecutionRecord(exec_id=r["exec_id"], order_ref=r["order_ref"], symbol=r["symbol"], side=r["side"],
+                                shares=r["shares"], price=r["price"], time=datetime.fromisoformat(r["time"]),
+                                commission=r["commission"]) for r in rows]
 
     # -- books, trades, key/values ----------------------------------------------------------------
-    def save_book(self, symbol: str, book: dict[str, Any] | None) -> None:
+    def save_book(self, symbol: str, book: BookSnapshot | None) -> None:
         """Store (or with ``None`` delete) one symbol's trade book."""
         if book is None:
             self._db.execute("DELETE FROM books WHERE symbol = ?", (symbol,))
         else:
             self._db.execute("INSERT INTO books (symbol, data) VALUES (?, ?) "
                              "ON CONFLICT(symbol) DO UPDATE SET data = excluded.data",
-                             (symbol, json.dumps(book, default=str)))
+                             (symbol, json.dumps(book.to_dict(), default=str)))
 
-    def books(self) -> dict[str, dict[str, Any]]:
+    def books(self) -> dict[str, BookSnapshot]:
         """Return every stored trade book by symbol."""
-        return {r["symbol"]: json.loads(r["data"]) for r in self._db.execute("SELECT * FROM books")}
+        return {r["symbol"]: BookSnapshot.from_dict(json.loads(r["data"]))
+                for r in self._db.execute("SELECT * FROM books")}
 
-    def append_trade(self, day: str, trade: dict[str, Any]) -> None:
-        """Store one closed trade under its exchange-local day (``YYYY-MM-DD``)."""
+    def append_trade(self, trade: TradeRecord) -> None:
+        """Store one closed trade under the exchange-local day (``YYYY-MM-DD``) of its exit."""
         self._db.execute("INSERT INTO trades (day, symbol, data) VALUES (?, ?, ?)",
-                         (day, str(trade.get("symbol")), json.dumps(trade, default=str)))
+                         (exchange_day(trade.exit_time), trade.symbol, json.dumps(trade.to_dict(), default=str)))
 
-    def trades(self, day: str | None = None) -> list[dict[str, Any]]:
+    def trades(self, day: str | None = None) -> list[TradeRecord]:
         """Return closed trades (of one day), in closing order."""
         if day is None:
             rows = self._db.execute("SELECT data FROM trades ORDER BY id")
         else:
             rows = self._db.execute("SELECT data FROM trades WHERE day = ? ORDER BY id", (day,))
-        return [json.loads(r["data"]) for r in rows]
+        return [TradeRecord.from_dict(json.loads(r["data"])) for r in rows]
 
     def set_value(self, key: str, value: Any) -> None:
         """Store a JSON-ready value under ``key``."""
@@ -207,3 +220,8 @@ class StateStore:
         """Return the value stored under ``key``, or ``default``."""
         row = self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
         return default if row is None else json.loads(row["value"])
+
+
+def state_path(cfg: AppConfig) -> Path:
+    """Return the SQLite file of the live state."""
+    return Path(cfg.live.state_dir) / f"live-{cfg.live.strategy_id}.sqlite"

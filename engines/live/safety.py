@@ -5,7 +5,9 @@
 - :class:`KillSwitch`: while the flag file exists, or after ``SIGUSR1`` (which toggles), no new entries
   (reason ``KILL_SWITCH``); exits and protective orders keep working.
 - :func:`flatten_all`: cancel every order of ours and sell every position of ours at market (our positions are
-  the net of our own recorded executions; anything else in the account is left alone).
+  the net of our own recorded executions; anything else in the account is left alone). Which positions are
+  ours is decided here, from the state store; the IB orders themselves are the adapter's
+  (:mod:`feeds.ib.account`).
 """
 
 from __future__ import annotations
@@ -17,12 +19,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ib_async import MarketOrder
-
-from feeds.ib import mapping as mp
+from engines.live.state import StateStore
+from feeds.ib import account
 from feeds.ib.errors import NeedsHumanError
+from feeds.ib.mapping import EXIT, OrderRef, is_paper_account, parse_order_ref, trade_id_for
 from feeds.ib.session import IBSession
-from feeds.ib.state import StateStore
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +41,10 @@ def check_endpoint(port: int, allow_live: bool) -> None:
                                 "paper port 4002 / 7497, or set live.allow_live = true if you really mean it")
 
 
-def check_account(account: str, allow_live: bool) -> None:
+def check_account(account_id: str, allow_live: bool) -> None:
     """Refuse an account that is not a paper account (``DU…``) unless ``allow_live``."""
-    if not mp.is_paper_account(account) and not allow_live:
-        raise UnsafeConfigError(f"account {account!r} is not a paper account (DU…); refusing to trade it. Set "
+    if not is_paper_account(account_id) and not allow_live:
+        raise UnsafeConfigError(f"account {account_id!r} is not a paper account (DU…); refusing to trade it. Set "
                                 "live.allow_live = true only if you mean to trade real money")
 
 
@@ -85,59 +86,46 @@ def our_positions(state: StateStore, strategy_id: str) -> dict[str, float]:
     """Return our net position per symbol from our recorded executions."""
     net: dict[str, float] = {}
     for f in state.fills():
-        ref = mp.parse_order_ref(f["order_ref"], strategy_id)
+        ref = parse_order_ref(f.order_ref, strategy_id)
         if ref is None:
             continue
-        net[ref.symbol] = net.get(ref.symbol, 0.0) + (f["shares"] if f["side"] == "BOT" else -f["shares"])
+        net[ref.symbol] = net.get(ref.symbol, 0.0) + f.signed_shares
     return {s: q for s, q in net.items() if abs(q) > 1e-9}
 
 
-def _record_ib_fills(session: IBSession, state: StateStore, strategy_id: str) -> None:
-    session.ib.reqExecutions()
-    for fill in session.ib.fills():
-        ex = fill.execution
-        ref = mp.parse_order_ref(ex.orderRef, strategy_id)
-        if ref is not None and fill.commissionReport.execId:
-            state.record_fill(ex.execId, order_ref=str(ref), symbol=ref.symbol, side=ex.side, shares=ex.shares,
-                              price=ex.price, time=ex.time, commission=fill.commissionReport.commission)
+def _record_executions(session: IBSession, state: StateStore, strategy_id: str) -> None:
+    for execution in account.executions(session, strategy_id):
+        state.record_fill(execution)
 
 
 def flatten_all(session: IBSession, state: StateStore, strategy_id: str, clock: Callable[[], datetime],
                 timeout: float = 30.0) -> dict[str, float]:
     """Cancel all our orders, sell all our positions at market and wait for the fills; return what was sold.
 
+    A position is sold only as far as it is ours (our recorded executions) and IB still holds it.
+
     Raises
     ------
     NeedsHumanError
         Not everything was flat after ``timeout`` seconds (the message says what is left).
     """
-    ib = session.ib
-    _record_ib_fills(session, state, strategy_id)
-    for trade in ib.reqAllOpenOrders():
-        if mp.parse_order_ref(trade.order.orderRef, strategy_id) is not None and not trade.isDone():
-            logger.warning("flatten: cancelling %s", trade.order.orderRef)
-            ib.cancelOrder(trade.order)
-    session.pump(0.5)
-    held = {p.contract.symbol: float(p.position) for p in ib.positions(session.account)}
-    tid = mp.trade_id_for(clock())
+    _record_executions(session, state, strategy_id)
+    account.cancel_open_orders(session, strategy_id)
+    session.run_event_loop(0.5)
+    held = account.positions(session)
+    tid = trade_id_for(clock())
     sold: dict[str, float] = {}
     for symbol, ours in our_positions(state, strategy_id).items():
         qty = min(ours, held.get(symbol, 0.0))
         if qty <= 0:
             continue
-        ref = mp.OrderRef(strategy_id, symbol, tid, mp.EXIT)
-        order = MarketOrder("SELL", qty, orderRef=str(ref), account=session.account, tif="DAY")
-        order.orderId = ib.client.getReqId()
-        state.put_order(str(ref), symbol=symbol, trade_id=tid, role=mp.EXIT, action="SELL", quantity=qty,
-                        order_type="MKT", price=None, ib_order_id=order.orderId)
-        logger.warning("flatten: SELL %g %s at market (%s)", qty, symbol, ref)
-        ib.placeOrder(session.contract(symbol), order)
+        account.place_flatten_order(session, state, OrderRef(strategy_id, symbol, tid, EXIT), qty)
         sold[symbol] = qty
     waited = 0.0
     while our_positions(state, strategy_id) and waited < timeout:
-        session.pump(0.2)
+        session.run_event_loop(0.2)
         waited += 0.2
-        _record_ib_fills(session, state, strategy_id)
+        _record_executions(session, state, strategy_id)
     left = our_positions(state, strategy_id)
     if left:
         raise NeedsHumanError(f"flatten: positions still open after {timeout:.0f} s: {left}")

@@ -1,4 +1,5 @@
-"""Live run reports: the per-bar decision log (``decisions-YYYY-MM-DD.jsonl``) and the daily trade summary.
+"""The live engine's reports: the per-bar decision log (``decisions-YYYY-MM-DD.jsonl``) and the daily trade
+summary.
 
 The decision log gets one JSON line per symbol per bar (bar time, symbol, ``p_up`` as an exact float,
 decision, blocking reason) and one INFO log line; it is what the parity test compares with the backtest.
@@ -17,12 +18,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from core.calendar import EXCHANGE_TZ, exchange_day, to_utc
+from core.calendar import exchange_day, to_exchange, to_utc
 from core.files import atomic_write_json, atomic_write_text
-from core.records import ExitReason
+from core.records import ExitReason, TradeRecord
 
 logger = logging.getLogger(__name__)
-
 
 
 class DecisionLog:
@@ -51,17 +51,12 @@ class DecisionLog:
         path = self.log_dir / f"decisions-{exchange_day(t)}.jsonl"
         with path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
-        logger.info("decision %s %-6s p_up=%s %s%s", t.astimezone(EXCHANGE_TZ).strftime("%Y-%m-%d %H:%M"),
+        logger.info("decision %s %-6s p_up=%s %s%s", to_exchange(t).strftime("%Y-%m-%d %H:%M"),
                     record["symbol"], "nan" if record["p_up"] is None else f"{p_up:.4f}", record["decision"],
                     f" ({record['reason']})" if record["reason"] else "")
 
 
-def read_decisions(path: str | Path) -> list[dict[str, Any]]:
-    """Read a decisions JSONL file."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def daily_summary(day: str, trades: Iterable[Mapping[str, Any]], blocked: Mapping[str, int],
+def daily_summary(day: str, trades: Iterable[TradeRecord], blocked: Mapping[str, int],
                   extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Summarise one day's closed trades and blocked entries.
 
@@ -70,27 +65,27 @@ def daily_summary(day: str, trades: Iterable[Mapping[str, Any]], blocked: Mappin
     day
         Exchange date ``YYYY-MM-DD``.
     trades
-        Closed trades (``MLStrategy.trades`` records: pnl, commission, exit_reason, symbol …).
+        The day's closed trades.
     blocked
         Blocked entries by reason code.
     extra
         More fields (equity, account, dry run …).
     """
     rows = list(trades)
-    pnl = [float(t["pnl"]) for t in rows]
+    pnl = [float(t.pnl) for t in rows]
     wins = sum(1 for p in pnl if p > 0)
-    reasons = Counter(str(t["exit_reason"]) for t in rows)
+    reasons = Counter(str(t.exit_reason) for t in rows)
     summary: dict[str, Any] = {
         "day": day,
         "trades": len(rows),
         "wins": wins,
         "win_rate": round(wins / len(rows), 4) if rows else None,
         "pnl": round(sum(pnl), 2),
-        "commission": round(sum(float(t.get("commission", 0.0)) for t in rows), 2),
+        "commission": round(sum(float(t.commission) for t in rows), 2),
         "exit_reasons": {r: reasons.get(r, 0) for r in ExitReason},
         "blocked": {str(k): int(v) for k, v in sorted(blocked.items())},
-        "by_symbol": {s: round(sum(float(t["pnl"]) for t in rows if t["symbol"] == s), 2)
-                      for s in sorted({str(t["symbol"]) for t in rows})},
+        "by_symbol": {s: round(sum(float(t.pnl) for t in rows if t.symbol == s), 2)
+                      for s in sorted({t.symbol for t in rows})},
     }
     summary.update(extra or {})
     return summary
