@@ -106,14 +106,14 @@ class SimOrder:
         """Return +1 for BUY, -1 for SELL."""
         return 1 if self.action == "BUY" else -1
 
-    def fields(self) -> OrderFields:
-        """Return the fields that ``openOrder`` echoes back."""
+    def fields(self, parentPermId: int | None = None) -> OrderFields:
+        """Return the fields that ``openOrder`` and ``completedOrder`` echo back."""
         return OrderFields(
             orderId=self.orderId, clientId=self.clientId, permId=self.permId, action=self.action,
             totalQuantity=self.totalQuantity, orderType=self.orderType, lmtPrice=self.lmtPrice,
             auxPrice=self.auxPrice, tif=self.tif, ocaGroup=self.ocaGroup, ocaType=self.ocaType,
             account=self.account, orderRef=self.orderRef, parentId=self.parentId, outsideRth=self.outsideRth,
-            transmit=self.transmit,
+            transmit=self.transmit, parentPermId=parentPermId,
         )
 
 

@@ -25,7 +25,17 @@ from ibsim.broker import (
     contractFor,
 )
 from ibsim.clock import SimClock
-from ibsim.codec import API_MAGIC, CodecError, Field, encodeFields, fieldsAt, negotiateVersion, parseHello
+from ibsim.codec import (
+    API_MAGIC,
+    MAX_SERVER_VERSION,
+    MIN_SERVER_VERSION,
+    CodecError,
+    Field,
+    encodeFields,
+    fieldsAt,
+    negotiateVersion,
+    parseHello,
+)
 from ibsim.market import EXCHANGE_TZ, NS, HistoryError, Market, parseBarSize
 from ibsim.messages import StockContract
 from ibsim.pacing import HistRequestKey, PacingGuard, PacingRules
@@ -49,7 +59,8 @@ class SimConfig:
     account
         The single managed account (paper style ``DU…``).
     serverVersion
-        Highest server version to announce (only 157 is implemented; never more than the client's max).
+        Highest server version to announce (157–178; never more than the client's maximum). Lower it to
+        make the real clients speak an older version, e.g. 166 or 176.
     initialCash
         Starting cash (USD).
     pacing
@@ -65,7 +76,7 @@ class SimConfig:
     host: str = "127.0.0.1"
     port: int = 0
     account: str = "DU1234567"
-    serverVersion: int = msg.SERVER_VERSION
+    serverVersion: int = MAX_SERVER_VERSION
     initialCash: float = 1_000_000.0
     pacing: PacingRules = field(default_factory=PacingRules)
     slippage: float = 0.0
@@ -113,6 +124,7 @@ class Session:
         self.writer = writer
         self.clientId: int | None = None
         self.serverVersion = 0
+        self.wire = msg.Wire(MIN_SERVER_VERSION)
         self.positions = False
         self.accountUpdates = False
         self.multi: set[int] = set()
@@ -125,6 +137,10 @@ class Session:
         """Write one message (dropped silently once the session is closed)."""
         if not self.closed:
             self.writer.write(encodeFields(fields))
+
+    def error(self, reqId: int, code: int, text: str | None = None) -> None:
+        """Send an error / notice in this session's version layout (IB's text for ``code`` by default)."""
+        self.send(self.wire.error(reqId, code, text))
 
     def close(self) -> None:
         """Close the socket (the client sees EOF)."""
@@ -149,8 +165,9 @@ class Gateway:
 
     def __init__(self, market: Market, clock: SimClock, config: SimConfig | None = None) -> None:
         self.config = config or SimConfig()
-        if self.config.serverVersion != msg.SERVER_VERSION:
-            raise ValueError(f"ibsim implements the server version {msg.SERVER_VERSION} message layouts only")
+        if not MIN_SERVER_VERSION <= self.config.serverVersion <= MAX_SERVER_VERSION:
+            raise ValueError(f"serverVersion {self.config.serverVersion}: ibsim implements server versions "
+                             f"{MIN_SERVER_VERSION}..{MAX_SERVER_VERSION}")
         self.market = market
         self.clock = clock
         self.broker = Broker(market, self.config.account, self.config.initialCash, CommissionSchedule(),
@@ -237,15 +254,20 @@ class Gateway:
             logger.warning("connection %s did not start with API\\0: %r", session.peer, magic)
             return False
         hello = parseHello(await self._readFrame(session.reader))
-        version = negotiateVersion(hello, self.config.serverVersion)
-        if version is None:
-            logger.warning("client %s needs version >= %d; closing", session.peer, hello.minVersion)
-            return False
-        session.serverVersion = version
+        deal = negotiateVersion(hello, self.config.serverVersion)
+        session.serverVersion = deal.version
+        session.wire = msg.Wire(deal.version)
         local = self.clock.now().astimezone(_ZONE)
-        session.send([version, f"{local:%Y%m%d %H:%M:%S} {local.tzname()}"])
+        session.send([deal.version, f"{local:%Y%m%d %H:%M:%S} {local.tzname()}"])
+        if not deal.served:
+            logger.warning("refusing client %s (v%d..%d): %s", session.peer, hello.minVersion, hello.maxVersion,
+                           deal.refusal)
+            session.error(-1, deal.code, deal.refusal)
+            with contextlib.suppress(ConnectionError):
+                await session.writer.drain()
+            return False
         logger.info("handshake %s: client v%d..%d%s, announced %d", session.peer, hello.minVersion,
-                    hello.maxVersion, f" {hello.options}" if hello.options else "", version)
+                    hello.maxVersion, f" {hello.options}" if hello.options else "", deal.version)
         return True
 
     @staticmethod
@@ -297,7 +319,7 @@ class Gateway:
         inUse = any(s.clientId == clientId and s is not session and not s.closed for s in self.sessions)
         if inUse or clientId in self.heldClientIds:
             logger.warning("clientId %d already in use: 326 and close", clientId)
-            session.send(msg.error(-1, 326))
+            session.error(-1, 326)
             session.close()
             return
         session.clientId = clientId
@@ -305,7 +327,7 @@ class Gateway:
         session.send(msg.nextValidId(self.broker.nextOrderId))
         codes = (1100, *msg.FARM_BROKEN) if self.connectivityLost else msg.FARM_OK
         for code in codes:
-            session.send(msg.error(-1, code))
+            session.error(-1, code)
 
     def sessionsFor(self, clientId: int) -> list[Session]:
         """Return the live sessions of ``clientId``."""
@@ -325,8 +347,8 @@ class Gateway:
         session.send(msg.managedAccounts([self.config.account]))
 
     def _reqMktData(self, session: Session, fields: list[str]) -> None:
-        session.send(msg.error(int(fields[2]), 354, "Requested market data is not subscribed. "
-                               "(ibsim serves historical bars only)"))
+        session.error(int(fields[2]), 354, "Requested market data is not subscribed. "
+                      "(ibsim serves historical bars only)")
 
     def _reqCompletedOrders(self, session: Session, fields: list[str]) -> None:
         session.send(msg.completedOrdersEnd())
@@ -342,9 +364,9 @@ class Gateway:
         reqId = int(fields[2])
         contract = self._resolve(fields[3], fields[4], fields[5], fields[12])
         if contract is None:
-            session.send(msg.error(reqId, 200))
+            session.error(reqId, 200)
             return
-        session.send(msg.contractData(reqId, contract, fields[10] or "SMART"))
+        session.send(session.wire.contractData(reqId, contract, fields[10] or "SMART"))
         session.send(msg.contractDataEnd(reqId))
 
     # -- account ----------------------------------------------------------------------------------
@@ -356,21 +378,21 @@ class Gateway:
         out.append(("DayTradesRemaining", "-1", ""))
         return out
 
-    def _portfolio(self, symbol: str) -> list[Field]:
+    def _portfolio(self, session: Session, symbol: str) -> list[Field]:
         pos = self.broker.positions[symbol]
         px = self.broker.mark(symbol, self.clock.now())
-        return msg.portfolioValue(pos.contract, pos.qty, px, round(pos.qty * px, 2), round(pos.avgCost, 6),
-                                  round((px - pos.avgCost) * pos.qty, 2), round(pos.realizedPNL, 2),
-                                  self.config.account)
+        return session.wire.portfolioValue(pos.contract, pos.qty, px, round(pos.qty * px, 2),
+                                           round(pos.avgCost, 6), round((px - pos.avgCost) * pos.qty, 2),
+                                           round(pos.realizedPNL, 2), self.config.account)
 
-    def _position(self, symbol: str) -> list[Field]:
+    def _position(self, session: Session, symbol: str) -> list[Field]:
         pos = self.broker.positions[symbol]
-        return msg.position(self.config.account, pos.contract, pos.qty, round(pos.avgCost, 6))
+        return session.wire.position(self.config.account, pos.contract, pos.qty, round(pos.avgCost, 6))
 
     def _reqPositions(self, session: Session, fields: list[str]) -> None:
         session.positions = True
         for symbol in sorted(self.broker.positions):
-            session.send(self._position(symbol))
+            session.send(self._position(session, symbol))
         session.send(msg.positionEnd())
 
     def _cancelPositions(self, session: Session, fields: list[str]) -> None:
@@ -387,7 +409,7 @@ class Gateway:
             session.send(msg.accountValue(key, value, currency, self.config.account))
         for symbol in sorted(self.broker.positions):
             if self.broker.positions[symbol].qty:
-                session.send(self._portfolio(symbol))
+                session.send(self._portfolio(session, symbol))
         session.send(self._accountTime())
         session.send(msg.accountDownloadEnd(self.config.account))
 
@@ -423,9 +445,9 @@ class Gateway:
         for session in self._ready():
             for symbol in sorted(symbols):
                 if session.positions:
-                    session.send(self._position(symbol))
+                    session.send(self._position(session, symbol))
                 if session.accountUpdates:
-                    session.send(self._portfolio(symbol))
+                    session.send(self._portfolio(session, symbol))
             self._pushValues(session, values)
 
     def _pushValues(self, session: Session, values: list[tuple[str, str, str]]) -> None:
@@ -446,7 +468,7 @@ class Gateway:
         clientId = session.clientId if session.clientId is not None else 0
         contract = self._resolve(f[2], f[3], f[4], f[11])
         if contract is None:
-            session.send(msg.error(orderId, 200))
+            session.error(orderId, 200)
             return
         order = SimOrder(
             clientId=clientId, orderId=orderId, permId=0, contract=contract, action=f[16].upper(),
@@ -470,13 +492,17 @@ class Gateway:
 
     def _sendOrder(self, session: Session, order: SimOrder, snap: OrderSnap | None = None) -> None:
         s = snap or OrderSnap.of(order)
-        session.send(msg.openOrder(order.fields(), order.contract, s.status))
-        session.send(self._status(order, s))
+        session.send(session.wire.openOrder(self._orderFields(order), order.contract, s.status))
+        session.send(self._status(session, order, s))
+
+    def _orderFields(self, order: SimOrder) -> msg.OrderFields:
+        parent = self.broker.orders.get((order.clientId, order.parentId)) if order.parentId else None
+        return order.fields(parent.permId if parent is not None else None)
 
     @staticmethod
-    def _status(order: SimOrder, s: OrderSnap) -> list[Field]:
-        return msg.orderStatus(order.orderId, s.status, s.filled, s.remaining, s.avgFillPrice, order.permId,
-                               order.parentId, s.lastFillPrice, order.clientId)
+    def _status(session: Session, order: SimOrder, s: OrderSnap) -> list[Field]:
+        return session.wire.orderStatus(order.orderId, s.status, s.filled, s.remaining, s.avgFillPrice,
+                                        order.permId, order.parentId, s.lastFillPrice, order.clientId)
 
     def _openOrders(self, session: Session, everyone: bool) -> None:
         for order in sorted(self.broker.orders.values(), key=lambda o: o.permId):
@@ -497,7 +523,7 @@ class Gateway:
                    if (not clientId or e.order[0] == clientId) and (not symbol or e.contract.symbol == symbol)
                    and (not side or e.side == side or (side, e.side) in {("BUY", "BOT"), ("SELL", "SLD")})]
         for e in matched:
-            session.send(msg.execDetails(reqId, e.fields(), e.contract))
+            session.send(session.wire.execDetails(reqId, e.fields(), e.contract))
         for e in matched:
             session.send(msg.commissionReport(e.execId, e.commission, e.realizedPNL))
         session.send(msg.execDetailsEnd(reqId))
@@ -518,19 +544,19 @@ class Gateway:
     def _sendEvent(self, session: Session, event: Event, reqId: int) -> None:
         order, snap = event.order, event.snap
         if event.kind == "error" or order is None or snap is None:
-            session.send(msg.error(reqId, event.code, event.text))
+            session.error(reqId, event.code, event.text)
         elif event.kind == "order":
             self._sendOrder(session, order, snap)
         elif event.kind == "cancelled":
-            session.send(self._status(order, snap))
-            session.send(msg.error(order.orderId, 202, event.text))
+            session.send(self._status(session, order, snap))
+            session.error(order.orderId, 202, event.text)
         elif event.kind == "rejected":
-            session.send(msg.error(order.orderId, event.code, event.text))
+            session.error(order.orderId, event.code, event.text)
             self._sendOrder(session, order, snap)
         elif event.kind == "fill" and event.execution is not None:
             self._sendOrder(session, order, snap)
             e = event.execution
-            session.send(msg.execDetails(-1, e.fields(), e.contract))
+            session.send(session.wire.execDetails(-1, e.fields(), e.contract))
             session.send(msg.commissionReport(e.execId, e.commission, e.realizedPNL))
 
     # -- time -------------------------------------------------------------------------------------
@@ -564,25 +590,25 @@ class Gateway:
         reqId = int(f[1])
         contract = self._resolve(f[2], f[3], f[4], f[11])
         if contract is None or not self.market.has(contract.symbol):
-            session.send(msg.error(reqId, 200))
+            session.error(reqId, 200)
             return
         key = HistRequestKey(contract.symbol, f[9], f[19], f[15], f[17], f[16], f[18] == "1")
         try:
             barSeconds = parseBarSize(f[16])
         except HistoryError as exc:
-            session.send(msg.error(reqId, 321, f"Error validating request.-'bP' : cause - {exc}"))
+            session.error(reqId, 321, f"Error validating request.-'bP' : cause - {exc}")
             return
         violation = self.pacing.check(key, self.clock.now().timestamp(), len(self.pendingHist), barSeconds)
         if violation is not None:
             logger.warning("pacing violation reqId %d %s: %s", reqId, contract.symbol, violation)
-            session.send(msg.error(reqId, 162, msg.PACING_TEXT))
+            session.error(reqId, 162, msg.PACING_TEXT)
             return
         pending = PendingHist(session, reqId, f)
         fault = self._takeHistFault(contract.symbol)
         if fault is not None and fault.mode == "pacing":
             logger.warning("pacing violation reqId %d %s: injected (another client used the allowance)", reqId,
                            contract.symbol)
-            session.send(msg.error(reqId, 162, msg.PACING_TEXT))
+            session.error(reqId, 162, msg.PACING_TEXT)
         elif fault is not None and fault.mode == "withhold":
             logger.warning("withholding historical answer reqId %d", reqId)
             self.pendingHist[(id(session), reqId)] = pending
@@ -620,19 +646,19 @@ class Gateway:
         try:
             frame = self.market.history(symbol, now, end, duration=f[17], barSize=f[16], useRth=f[18] == "1")
         except HistoryError as exc:
-            session.send(msg.error(reqId, 162, f"{msg.TEXT[162]}{exc}"))
+            session.error(reqId, 162, f"{msg.TEXT[162]}{exc}")
             return
         if frame.empty:
-            session.send(msg.error(reqId, 162, f"{msg.TEXT[162]}HMDS query returned no data: "
-                                               f"{symbol}@SMART Trades"))
+            session.error(reqId, 162, f"{msg.TEXT[162]}HMDS query returned no data: {symbol}@SMART Trades")
             return
         daily = parseBarSize(f[16]) >= 86400
-        bars = [[formatBarTime(int(r.start), int(r.etDate), f[20], daily), r.open, r.high, r.low, r.close,
-                 float(r.volume), float(r.average), int(r.barCount)] for r in frame.itertuples()]
+        bars = [msg.Bar(formatBarTime(int(r.start), int(r.etDate), f[20], daily), float(r.open), float(r.high),
+                        float(r.low), float(r.close), float(r.volume), float(r.average), int(r.barCount))
+                for r in frame.itertuples()]
         endText = (end or now).astimezone(_ZONE)
         startText = pd.Timestamp(int(frame["start"].iloc[0]), tz=UTC).tz_convert(_ZONE)
-        session.send(msg.historicalData(reqId, f"{startText:%Y%m%d %H:%M:%S}", f"{endText:%Y%m%d %H:%M:%S}",
-                                        bars))
+        session.send(session.wire.historicalData(reqId, f"{startText:%Y%m%d %H:%M:%S}",
+                                                 f"{endText:%Y%m%d %H:%M:%S}", bars))
 
     def _cancelHistoricalData(self, session: Session, f: list[str]) -> None:
         reqId = int(f[2])
@@ -641,7 +667,7 @@ class Gateway:
             return
         if pending.task is not None:
             pending.task.cancel()
-        session.send(msg.error(reqId, 162, f"{msg.TEXT[162]}API historical data query cancelled: {reqId}"))
+        session.error(reqId, 162, f"{msg.TEXT[162]}API historical data query cancelled: {reqId}")
 
     # -- faults -----------------------------------------------------------------------------------
     def dropConnections(self) -> int:
@@ -684,7 +710,7 @@ class Gateway:
         self.broker.paused = True
         for session in self._ready():
             for code in (1100, *msg.FARM_BROKEN):
-                session.send(msg.error(-1, code))
+                session.error(-1, code)
 
     def restoreConnectivity(self, dataLost: bool = False) -> None:
         """End a server reset: farm-OK notices and 1102 (or 1101 when ``dataLost``)."""
@@ -692,8 +718,8 @@ class Gateway:
         self.broker.paused = False
         for session in self._ready():
             for code in msg.FARM_OK:
-                session.send(msg.error(-1, code))
-            session.send(msg.error(-1, 1101 if dataLost else 1102))
+                session.error(-1, code)
+            session.error(-1, 1101 if dataLost else 1102)
         self.process()
 
     async def nightlyReset(self, downSeconds: float, dataLost: bool = False) -> None:
