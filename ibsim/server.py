@@ -19,6 +19,7 @@ from ibsim.broker import (
     Broker,
     CommissionSchedule,
     Event,
+    Execution,
     FillPolicy,
     OrderSnap,
     SimOrder,
@@ -36,14 +37,17 @@ from ibsim.codec import (
     negotiateVersion,
     parseHello,
 )
-from ibsim.market import EXCHANGE_TZ, NS, HistoryError, Market, parseBarSize
+from ibsim.market import EXCHANGE_TZ, NS, HistoryError, Market, parseBarSize, toNs
 from ibsim.messages import StockContract
 from ibsim.pacing import HistRequestKey, PacingGuard, PacingRules
 
 logger = logging.getLogger(__name__)
 
 _ZONE = ZoneInfo(EXCHANGE_TZ)
-_TEXT_KEYS = ("AccountCode", "AccountType", "Currency", "AccountReady")
+_TEXT_KEYS = ("AccountCode", "AccountType", "Currency", "RealCurrency", "AccountReady", "DayTradesRemaining")
+_RATIO_KEYS = frozenset({"Cushion", "Leverage"})  # sent without a currency, as IB does
+_LEDGER_KEYS = frozenset({"CashBalance", "TotalCashBalance", "StockMarketValue", "NetLiquidationByCurrency",
+                          "UnrealizedPnL", "RealizedPnL", "AccruedCash", "ExchangeRate"})
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,14 @@ class SimConfig:
         Split every fill into executions of at most this many shares (None: fill at once).
     tickInterval
         Wall seconds between clock polls when the clock runs by itself.
+    baseCurrency
+        The account's base currency (``GBP`` for the recorded account). Account values then come in
+        ``BASE`` and that currency, NetLiquidation in that currency only, plus USD ledger lines once the
+        account trades US stocks.
+    usdToBase
+        Value of one USD in the base currency (IB's ExchangeRate line for USD), e.g. 0.79 for GBP.
+    expireDayOrders
+        Cancel DAY orders at the close (16:00 New York, 20:00 with outsideRth) as IB does.
     """
 
     host: str = "127.0.0.1"
@@ -82,6 +94,9 @@ class SimConfig:
     slippage: float = 0.0
     maxFillQty: float | None = None
     tickInterval: float = 0.05
+    baseCurrency: str = "USD"
+    usdToBase: float = 1.0
+    expireDayOrders: bool = True
 
 
 @dataclass(frozen=True)
@@ -104,6 +119,24 @@ class HistFault:
     seconds: float = 0.0
     count: int = 1
     symbol: str | None = None
+
+
+@dataclass
+class CommissionFault:
+    """Commission reports of the next ``count`` executions held back ``seconds`` of simulated time, or never
+    pushed (``seconds`` None). reqExecutions answers a report once it is due (a dropped one at once)."""
+
+    seconds: float | None
+    count: int = 1
+    symbol: str | None = None
+
+
+@dataclass
+class HeldReport:
+    """A commission report not sent yet."""
+
+    dueNs: int | None  # None: never pushed live
+    execution: Execution
 
 
 @dataclass
@@ -171,13 +204,17 @@ class Gateway:
         self.market = market
         self.clock = clock
         self.broker = Broker(market, self.config.account, self.config.initialCash, CommissionSchedule(),
-                             FillPolicy(slippage=self.config.slippage, maxFillQty=self.config.maxFillQty))
+                             FillPolicy(slippage=self.config.slippage, maxFillQty=self.config.maxFillQty),
+                             baseCurrency=self.config.baseCurrency, usdToBase=self.config.usdToBase)
         self.pacing = PacingGuard(self.config.pacing)
         self.contracts: dict[str, StockContract] = {s: contractFor(s) for s in market.symbols}
         self.requests: list[RequestRecord] = []
         self.sessions: list[Session] = []
         self.heldClientIds: set[int] = set()
         self.histFaults: list[HistFault] = []
+        self.commissionFaults: list[CommissionFault] = []
+        self.heldReports: dict[str, HeldReport] = {}  # execId → report not sent yet
+        self.noPermissions: set[str | None] = set()  # symbols (None: all) without market-data permissions
         self.pendingHist: dict[tuple[int, int], PendingHist] = {}
         self.connectivityLost = False
         self.port = self.config.port
@@ -351,6 +388,8 @@ class Gateway:
                       "(ibsim serves historical bars only)")
 
     def _reqCompletedOrders(self, session: Session, fields: list[str]) -> None:
+        for order in self.broker.completed(self.clock.now()):
+            session.send(session.wire.completedOrder(self._orderFields(order), order.contract, order.completion()))
         session.send(msg.completedOrdersEnd())
 
     def _resolve(self, conId: str, symbol: str, secType: str, currency: str) -> StockContract | None:
@@ -371,12 +410,27 @@ class Gateway:
 
     # -- account ----------------------------------------------------------------------------------
     def _values(self) -> list[tuple[str, str, str]]:
-        values = self.broker.accountValues(self.clock.now())
+        """Return the account values as IB sends them: (tag, value, currency), sorted by tag then currency."""
+        now = self.clock.now()
+        base = self.broker.baseCurrency
         out = [("AccountCode", self.config.account, ""), ("AccountType", "INDIVIDUAL", ""),
-               ("Currency", "USD", "USD"), ("AccountReady", "true", "")]
-        out += [(k, f"{v:.2f}", "USD") for k, v in values.items()]
-        out.append(("DayTradesRemaining", "-1", ""))
-        return out
+               ("AccountReady", "true", ""), ("DayTradesRemaining", "-1", "")]
+        for key, value in self.broker.accountValues(now).items():
+            if key not in _LEDGER_KEYS:
+                out.append((key, f"{value:.2f}", "" if key in _RATIO_KEYS else base))
+        out += self._ledgerRows(now)
+        return sorted(out, key=lambda row: (row[0], row[2]))
+
+    def _ledgerRows(self, now: datetime, currencies: set[str] | None = None) -> list[tuple[str, str, str]]:
+        rows = []
+        for currency, row in self.broker.ledger(now).items():
+            if currencies is not None and currency not in currencies:
+                continue
+            rows += [("Currency", currency, currency), ("RealCurrency", currency, currency)]
+            for key, value in row.items():
+                text = f"{value:.2f}" if key != "ExchangeRate" or value == 1.0 else f"{value:g}"
+                rows.append((key, text, currency))
+        return rows
 
     def _portfolio(self, session: Session, symbol: str) -> list[Field]:
         pos = self.broker.positions[symbol]
@@ -433,8 +487,14 @@ class Gateway:
     def _sendSummary(self, session: Session, reqId: int, tags: list[str]) -> None:
         wanted = set(tags)
         for key, value, currency in self._values():
-            if key in wanted and key not in {"AccountCode", "AccountReady"}:
+            if key in wanted and key not in {"AccountCode", "AccountReady"} and key not in _LEDGER_KEYS:
                 session.send(msg.accountSummary(reqId, self.config.account, key, value, currency))
+        ledger = [t for t in tags if t.startswith("$LEDGER")]
+        if ledger:  # $LEDGER: BASE only; $LEDGER:ALL every currency; $LEDGER:GBP one (IB names the group 'All')
+            scope = ledger[0].partition(":")[2].upper()
+            currencies = None if scope == "ALL" else {scope or "BASE"}
+            for key, value, currency in self._ledgerRows(self.clock.now(), currencies):
+                session.send(msg.accountSummary(reqId, "All", key, value, currency))
 
     def _cancelAccountSummary(self, session: Session, fields: list[str]) -> None:
         session.summary.pop(int(fields[2]), None)
@@ -486,6 +546,38 @@ class Gateway:
         self.broker.cancelOrder(clientId, int(f[2]), self.clock.now())
         self.publish()
 
+    def findOrder(self, orderId: int, clientId: int | None = None) -> SimOrder:
+        """Return the order ``orderId`` (of ``clientId`` when several clients used that id).
+
+        Raises
+        ------
+        KeyError
+            If no order, or more than one, matches.
+        """
+        matches = [o for o in self.broker.orders.values()
+                   if o.orderId == orderId and clientId in {None, o.clientId}]
+        if len(matches) != 1:
+            raise KeyError(f"{len(matches)} orders with id {orderId}" + ("" if clientId is None
+                                                                        else f" of client {clientId}"))
+        return matches[0]
+
+    def cancelByOther(self, orderId: int, clientId: int | None = None) -> SimOrder:
+        """Cancel an order as another client (TWS, a second session) would: the owner sees only the result."""
+        order = self.findOrder(orderId, clientId)
+        logger.warning("order %s %s cancelled by another client", order.key, order.symbol)
+        self.broker.cancelOrder(order.clientId, order.orderId, self.clock.now(), byOther=True)
+        self.publish()
+        return order
+
+    def fillByOther(self, orderId: int, price: float | None = None, clientId: int | None = None) -> SimOrder:
+        """Fill the rest of a working order now (at ``price``, else its limit/stop, else the last print), as when
+        another client changed it or the market traded through it while its owner was away."""
+        order = self.findOrder(orderId, clientId)
+        logger.warning("order %s %s filled outside its owner's control", order.key, order.symbol)
+        self.broker.forceFill(order, price)
+        self.publish()
+        return order
+
     def _reqGlobalCancel(self, session: Session, f: list[str]) -> None:
         self.broker.globalCancel(self.clock.now())
         self.publish()
@@ -525,13 +617,19 @@ class Gateway:
         for e in matched:
             session.send(session.wire.execDetails(reqId, e.fields(), e.contract))
         for e in matched:
-            session.send(msg.commissionReport(e.execId, e.commission, e.realizedPNL))
+            held = self.heldReports.get(e.execId)
+            if held is None or held.dueNs is None:  # a dropped live report is still on the server
+                session.send(msg.commissionReport(e.execId, e.commission, e.realizedPNL))
         session.send(msg.execDetailsEnd(reqId))
 
     def publish(self) -> None:
         """Turn the broker's queued events into messages for the owning clients."""
         touched: set[str] = set()
-        for event in self.broker.drain():
+        events = self.broker.drain()
+        for event in events:
+            if event.kind == "fill" and event.execution is not None:
+                self._holdReport(event.execution)
+        for event in events:
             if event.kind == "account" and event.order is not None:
                 touched.add(event.order.symbol)
                 continue
@@ -557,14 +655,42 @@ class Gateway:
             self._sendOrder(session, order, snap)
             e = event.execution
             session.send(session.wire.execDetails(-1, e.fields(), e.contract))
-            session.send(msg.commissionReport(e.execId, e.commission, e.realizedPNL))
+            if e.execId not in self.heldReports:
+                session.send(msg.commissionReport(e.execId, e.commission, e.realizedPNL))
+
+    def _holdReport(self, execution: Execution) -> None:
+        for fault in self.commissionFaults:
+            if fault.symbol is None or fault.symbol == execution.contract.symbol:
+                fault.count -= 1
+                if fault.count <= 0:
+                    self.commissionFaults.remove(fault)
+                due = None if fault.seconds is None else toNs(self.clock.now()) + int(fault.seconds * NS)
+                logger.warning("commission report of %s %s", execution.execId,
+                               "dropped" if due is None else f"held back {fault.seconds:g} s")
+                self.heldReports[execution.execId] = HeldReport(due, execution)
+                return
+
+    def _releaseReports(self) -> None:
+        nowNs = toNs(self.clock.now())
+        for execId, held in list(self.heldReports.items()):
+            if held.dueNs is not None and held.dueNs <= nowNs:
+                del self.heldReports[execId]
+                e = held.execution
+                logger.info("commission report of %s released", execId)
+                for session in self.sessionsFor(e.order[0]):
+                    session.send(msg.commissionReport(e.execId, e.commission, e.realizedPNL))
 
     # -- time -------------------------------------------------------------------------------------
     def process(self) -> None:
-        """Fill what the tape allows up to the current simulated time and publish the results."""
+        """Fill what the tape allows up to the current simulated time, expire DAY orders at the close, release
+        held commission reports, and publish the results."""
+        now = self.clock.now()
         self.broker.paused = self.connectivityLost
-        self.broker.process(self.clock.now())
+        self.broker.process(now)
+        if self.config.expireDayOrders:
+            self.broker.expire(now)
         self.publish()
+        self._releaseReports()
 
     def advance(self, seconds: float) -> None:
         """Step the simulated clock forward and fill what the tape allows on the way."""
@@ -591,6 +717,10 @@ class Gateway:
         contract = self._resolve(f[2], f[3], f[4], f[11])
         if contract is None or not self.market.has(contract.symbol):
             session.error(reqId, 200)
+            return
+        if {contract.symbol, None} & self.noPermissions:
+            logger.warning("reqId %d %s: no market data permissions (162)", reqId, contract.symbol)
+            session.error(reqId, 162, msg.NO_PERMISSIONS_TEXT.format(exchange=_exchangeCode(contract)))
             return
         key = HistRequestKey(contract.symbol, f[9], f[19], f[15], f[17], f[16], f[18] == "1")
         try:
@@ -727,6 +857,11 @@ class Gateway:
         self.loseConnectivity()
         await asyncio.sleep(downSeconds)
         self.restoreConnectivity(dataLost)
+
+
+def _exchangeCode(contract: StockContract) -> str:
+    """Return the exchange IB names in a permissions error: ISLAND for NASDAQ listings."""
+    return "ISLAND" if contract.primaryExchange == "NASDAQ" else contract.primaryExchange
 
 
 def _optFloat(text: str) -> float | None:
