@@ -247,10 +247,14 @@ async def serveControlPort(channel: ControlChannel, host: str, port: int) -> asy
     """Accept control commands, one per line, on a loopback TCP port; each reply ends with a blank line."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while line := await reader.readline():
-            writer.write((await channel.execute(line.decode(errors="replace")) + "\n\n").encode())
-            await writer.drain()
-        writer.close()
+        try:
+            while line := await reader.readline():
+                writer.write((await channel.execute(line.decode(errors="replace")) + "\n\n").encode())
+                await writer.drain()
+        except (asyncio.CancelledError, ConnectionError):
+            pass  # the simulator is stopping, or the peer went away: nothing left to answer
+        finally:
+            writer.close()
 
     return await asyncio.start_server(handle, host, port)
 
