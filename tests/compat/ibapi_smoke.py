@@ -12,18 +12,13 @@ and missing permissions), 326 and 1100/1102. Run by ``.ci/ibapi_compat.sh`` in i
 from __future__ import annotations
 
 import logging
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
+from compat_support import Control, Result, Served, report, serve_ibsim
 from ibapi.client import EClient
 from ibapi.contract import Contract
 from ibapi.execution import ExecutionFilter
@@ -32,65 +27,7 @@ from ibapi.wrapper import EWrapper
 
 logger = logging.getLogger("ibapi_smoke")
 
-REPO = Path(__file__).resolve().parents[2]
-START = "2024-01-04 10:00"
 TIMEOUT = 15.0  # wall seconds for one answer; generous, so that a loaded machine changes duration, not verdict
-
-
-def write_bars(folder: Path) -> tuple[Path, pd.DataFrame]:
-    """Write deterministic 1-minute RTH bars for AAPL (three sessions) in the feeds.bars CSV schema."""
-    rng = np.random.default_rng(5)
-    days = ("2024-01-02", "2024-01-03", "2024-01-04")
-    index = pd.DatetimeIndex(np.concatenate([
-        pd.date_range(f"{d} 09:30", f"{d} 15:59", freq="1min", tz="America/New_York").tz_convert("UTC")
-        for d in days]))
-    close = np.round(185 + np.cumsum(rng.normal(0, 0.05, len(index))), 2)
-    open_ = np.r_[185.0, close[:-1]]
-    frame = pd.DataFrame({
-        "datetime": [t.isoformat() for t in index], "open": open_,
-        "high": np.round(np.maximum(open_, close) + 0.03, 2), "low": np.round(np.minimum(open_, close) - 0.03, 2),
-        "close": close, "volume": rng.integers(1000, 5000, len(index)),
-    })
-    path = folder / "AAPL_1min.csv"
-    frame.to_csv(path, index=False)
-    return path, frame
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"ibsim exited early with code {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(f"ibsim did not listen on {port} within {timeout:g} s")
-
-
-class Control:
-    """The simulator's control port: one command per line, each reply ends with a blank line."""
-
-    def __init__(self, port: int) -> None:
-        self.link = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.replies = self.link.makefile("rb")
-
-    def __call__(self, line: str) -> str:
-        self.link.sendall(line.encode() + b"\n")
-        lines = []
-        while (reply := self.replies.readline().decode().rstrip("\n")) != "":
-            lines.append(reply)
-        return "\n".join(lines)
-
-    def close(self) -> None:
-        self.link.close()
 
 
 class App(EWrapper, EClient):
@@ -218,7 +155,7 @@ class Checks:
 
     def __init__(self, app: App, port: int, control: Control, frame: pd.DataFrame) -> None:
         self.app, self.port, self.control, self.frame = app, port, control, frame
-        self.results: list[tuple[str, bool, str]] = []
+        self.results: list[Result] = []
 
     def check(self, name: str, ok: bool, detail: str) -> None:
         self.results.append((name, bool(ok), detail))
@@ -355,9 +292,9 @@ class Checks:
         second.disconnect()
 
 
-def run_checks(port: int, control: Control, frame: pd.DataFrame) -> list[tuple[str, bool, str]]:
-    app = connect(port, 1)
-    checks = Checks(app, port, control, frame)
+def run_checks(served: Served) -> list[Result]:
+    app = connect(served.port, 1)
+    checks = Checks(app, served.port, served.control, served.frame)
     try:
         for step in (checks.handshake, checks.contract_details, checks.historical_bars, checks.market_order,
                      checks.bracket, checks.reports, checks.errors_162, checks.connectivity,
@@ -373,27 +310,9 @@ def run_checks(port: int, control: Control, frame: pd.DataFrame) -> list[tuple[s
 
 def main() -> int:
     logging.basicConfig(level=logging.WARNING)
-    with tempfile.TemporaryDirectory() as tmp:
-        data, frame = write_bars(Path(tmp))
-        port, controlPort = free_port(), free_port()
-        command = [sys.executable, "-m", "ibsim", "--port", str(port), "--data", str(data), "--start", START,
-                   "--speed", "60", "--control-port", str(controlPort), "--log-level", "WARNING"]
-        proc = subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL)
-        control = None
-        try:
-            wait_for_port(controlPort, proc)
-            control = Control(controlPort)
-            results = run_checks(port, control, frame)
-        finally:
-            if control is not None:
-                control.close()
-            proc.terminate()
-            proc.wait(10)
-    for name, ok, detail in results:
-        print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}")  # the script's report
-    failed = sum(1 for _, ok, _ in results if not ok)
-    print(f"ibapi compat: {len(results) - failed} passed, {failed} failed")
-    return 1 if failed else 0
+    with serve_ibsim() as served:
+        results = run_checks(served)
+    return report("ibapi", results)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,27 +11,10 @@ import pandas as pd
 import pytest
 from ib_async import IB, LimitOrder, MarketOrder, Stock, StopOrder
 
+from tests.compat.compat_support import Control, free_port, wait_for_port
 from tests.integration.conftest import make_bars
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"ibsim exited with {proc.returncode}"
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"ibsim did not listen on {port}")
 
 
 def _serve(tmp_path: Path, *extra: str) -> Iterator[tuple[int, Callable[[str], str]]]:
@@ -41,26 +22,19 @@ def _serve(tmp_path: Path, *extra: str) -> Iterator[tuple[int, Callable[[str], s
     csv = tmp_path / "AAPL_1min.csv"
     pd.DataFrame({"datetime": [t.isoformat() for t in frame.index], **{c: frame[c] for c in frame.columns}}).to_csv(
         csv, index=False)
-    port, control = _free_port(), _free_port()
+    port, controlPort = free_port(), free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "ibsim", "--port", str(port), "--data", str(csv), "--start", "2024-01-04 10:00",
-         "--control-port", str(control), "--log-level", "WARNING", *extra],
+         "--control-port", str(controlPort), "--log-level", "WARNING", *extra],
         cwd=REPO, stdin=subprocess.DEVNULL)
-    _wait_for_port(control, proc)
-    link = socket.create_connection(("127.0.0.1", control), timeout=5)
-    replies = link.makefile("rb")
-
-    def command(line: str) -> str:
-        link.sendall(line.encode() + b"\n")
-        lines = []
-        while (reply := replies.readline().decode().rstrip("\n")) != "":
-            lines.append(reply)
-        return "\n".join(lines)
-
+    control = None
     try:
-        yield port, command
+        wait_for_port(controlPort, proc)
+        control = Control(controlPort)
+        yield port, control
     finally:
-        link.close()
+        if control is not None:
+            control.close()
         proc.terminate()
         proc.wait(10)
 
