@@ -713,8 +713,8 @@ class Broker:
         }
 
     def ledger(self, now: datetime) -> dict[str, dict[str, float]]:
-        """Return IB's per-currency ledger at ``now``: ``BASE`` (totals in the base currency), the base currency
-        itself and, on a non-USD account with USD activity, ``USD``.
+        """Return IB's per-currency ledger at ``now``: the base currency, on a non-USD account with USD activity
+        ``USD``, then ``BASE`` (totals in the base currency).
 
         Each row maps CashBalance, TotalCashBalance, StockMarketValue, NetLiquidationByCurrency,
         UnrealizedPnL, RealizedPnL, AccruedCash and ExchangeRate (value of one unit in the base currency).
@@ -730,8 +730,8 @@ class Broker:
         rate = self.usdToBase
         base = row(self.baseCash + self.cash * rate, stock * rate, unrealized * rate, realized * rate, 1.0)
         if self.baseCurrency == "USD":
-            return {"BASE": base, "USD": usd}
-        out = {"BASE": base, self.baseCurrency: row(self.baseCash, 0.0, 0.0, 0.0, 1.0)}
+            return {"USD": usd, "BASE": base}  # IB's order: each currency, then BASE
+        out = {self.baseCurrency: row(self.baseCash, 0.0, 0.0, 0.0, 1.0)}
         if self.cash or self.positions:
             out["USD"] = usd
-        return out
+        return {**out, "BASE": base}

@@ -283,7 +283,10 @@ class Gateway:
             session.close()
             if session in self.sessions:
                 self.sessions.remove(session)
-            logger.info("client %s disconnected (%s)", session.clientId, session.peer)
+            if session.clientId is None:
+                logger.info("connection %s closed before startApi", session.peer)
+            else:
+                logger.info("client %s disconnected (%s)", session.clientId, session.peer)
 
     async def _handshake(self, session: Session) -> bool:
         magic = await session.reader.readexactly(4)
@@ -409,7 +412,7 @@ class Gateway:
         session.send(msg.contractDataEnd(reqId))
 
     # -- account ----------------------------------------------------------------------------------
-    def _values(self) -> list[tuple[str, str, str]]:
+    def accountRows(self) -> list[tuple[str, str, str]]:
         """Return the account values as IB sends them: (tag, value, currency), sorted by tag then currency."""
         now = self.clock.now()
         base = self.broker.baseCurrency
@@ -459,7 +462,7 @@ class Gateway:
         session.accountUpdates = fields[2] == "1"
         if not session.accountUpdates:
             return
-        for key, value, currency in self._values():
+        for key, value, currency in self.accountRows():
             session.send(msg.accountValue(key, value, currency, self.config.account))
         for symbol in sorted(self.broker.positions):
             if self.broker.positions[symbol].qty:
@@ -470,7 +473,7 @@ class Gateway:
     def _reqAccountUpdatesMulti(self, session: Session, fields: list[str]) -> None:
         reqId = int(fields[2])
         session.multi.add(reqId)
-        for key, value, currency in self._values():
+        for key, value, currency in self.accountRows():
             session.send(msg.accountUpdateMulti(reqId, self.config.account, key, value, currency))
         session.send(msg.accountUpdateMultiEnd(reqId))
 
@@ -486,7 +489,7 @@ class Gateway:
 
     def _sendSummary(self, session: Session, reqId: int, tags: list[str]) -> None:
         wanted = set(tags)
-        for key, value, currency in self._values():
+        for key, value, currency in self.accountRows():
             if key in wanted and key not in {"AccountCode", "AccountReady"} and key not in _LEDGER_KEYS:
                 session.send(msg.accountSummary(reqId, self.config.account, key, value, currency))
         ledger = [t for t in tags if t.startswith("$LEDGER")]
@@ -501,7 +504,7 @@ class Gateway:
 
     def pushAccount(self, symbols: set[str]) -> None:
         """Send position, portfolio and account-value updates to every subscribed session."""
-        values = [v for v in self._values() if v[0] not in _TEXT_KEYS]
+        values = [v for v in self.accountRows() if v[0] not in _TEXT_KEYS]
         for session in self._ready():
             for symbol in sorted(symbols):
                 if session.positions:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,22 @@ def test_bad_handshake_is_rejected() -> None:
 def test_oversized_frame_is_refused() -> None:
     with pytest.raises(CodecError):
         splitFrames(struct.pack(">I", 0x1000000) + b"x")
+
+
+def test_gbp_account_values_use_the_recorded_gbp_accounts_tags_and_currencies(
+        recording: dict[str, list[bytes]]) -> None:
+    from ibsim.clock import SimClock  # noqa: PLC0415
+    from ibsim.market import Market  # noqa: PLC0415
+    from ibsim.server import Gateway, SimConfig  # noqa: PLC0415
+
+    recorded = set()
+    for frame in recording["6_2"]:
+        fields = decodePayload(splitFrames(frame)[0][0])
+        if fields[0] == "6":
+            recorded.add((fields[2], fields[4]))
+    gateway = Gateway(Market({}), SimClock(datetime(2024, 1, 4, 15, 0, tzinfo=UTC)),
+                      SimConfig(baseCurrency="GBP", usdToBase=0.79))
+    ours = {(tag, currency) for tag, _, currency in gateway.accountRows()}
+    assert ours - recorded == {("SettledCash", "GBP"), ("Leverage", "")}  # tags the recorded account lacked
+    assert ("NetLiquidation", "GBP") in ours
+    assert not {t for t in ours if t[0] == "NetLiquidation" and t[1] != "GBP"}
