@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -33,6 +34,7 @@ STOP = msg.OrderFields(7, 1, 1000001, "SELL", 100.0, "STP", None, 184.5, "DAY", 
 FILL = msg.ExecFields(7, 1, 1000001, "00000001.65968a00.01.01", "20240104 10:00:00 America/New_York", "DU1", "SLD",
                       100.0, 184.5, 100.0, 184.5, "ref-stop")
 CANCELLED = msg.Completion("Cancelled", 0.0, "20240104 16:00:00 America/New_York", "Cancelled by System")
+CANCELLED_AT = datetime(2024, 1, 4, 21, 0, tzinfo=UTC)
 
 
 def wire(version: int) -> msg.Wire:
@@ -229,3 +231,13 @@ def test_ib_async_decodes_every_versioned_message(version: int) -> None:
     Decoder(recorder, version).interpret(round_trip(w.historicalData(4, "a", "b", bars)))  # type: ignore[arg-type]
     (bar,) = [args[1] for name, args in recorder.calls if name == "historicalData"]
     assert bar.volume == (1234.0 if version >= 175 else 12.0)
+
+
+@pytest.mark.parametrize("version", [156, 179])
+def test_simulator_refuses_to_be_configured_outside_the_versions_it_implements(version: int) -> None:
+    from ibsim.clock import SimClock  # noqa: PLC0415
+    from ibsim.market import Market  # noqa: PLC0415
+    from ibsim.server import Gateway, SimConfig  # noqa: PLC0415
+
+    with pytest.raises(ValueError, match=r"157\.\.178"):
+        Gateway(Market({}), SimClock(CANCELLED_AT), SimConfig(serverVersion=version))
