@@ -10,6 +10,7 @@ import signal
 import sys
 
 from ibsim.clock import SimClock
+from ibsim.codec import MAX_SERVER_VERSION, MIN_SERVER_VERSION
 from ibsim.control import ControlChannel, readStdin, serveControlPort
 from ibsim.data import defaultStart, loadUniverse, parseStart
 from ibsim.market import Market
@@ -37,6 +38,13 @@ def buildParser() -> argparse.ArgumentParser:
     p.add_argument("--slippage", type=float, default=0.0, help="dollars per share on market/stop fills")
     p.add_argument("--partial-fills", type=float, default=None, help="max shares per execution")
     p.add_argument("--no-pacing", action="store_true", help="turn off historical-data pacing (error 162)")
+    p.add_argument("--server-version", type=int, default=MAX_SERVER_VERSION,
+                   help=f"highest server version to announce ({MIN_SERVER_VERSION}..{MAX_SERVER_VERSION}; "
+                        "never above the client's maximum)")
+    p.add_argument("--base-currency", default="USD", help="the account's base currency, e.g. GBP")
+    p.add_argument("--usd-to-base", type=float, default=1.0,
+                   help="value of one USD in the base currency (IB's ExchangeRate for USD), e.g. 0.79 for GBP")
+    p.add_argument("--no-day-expiry", action="store_true", help="keep DAY orders working past the close")
     p.add_argument("--control-port", type=int, default=None,
                    help="also accept control commands on this loopback TCP port (stdin always works)")
     p.add_argument("--log-level", default="INFO", help="logging level")
@@ -49,7 +57,9 @@ async def serve(args: argparse.Namespace) -> None:
     start = parseStart(args.start) if args.start else defaultStart(bars)
     config = SimConfig(host=args.host, port=args.port, account=args.account, initialCash=args.cash,
                        pacing=PacingRules(enabled=not args.no_pacing), slippage=args.slippage,
-                       maxFillQty=args.partial_fills)
+                       maxFillQty=args.partial_fills, serverVersion=args.server_version,
+                       baseCurrency=args.base_currency.upper(), usdToBase=args.usd_to_base,
+                       expireDayOrders=not args.no_day_expiry)
     gateway = Gateway(Market(bars), SimClock(start, args.speed or None), config)
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -74,7 +84,10 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, configure logging once, and serve."""
-    args = buildParser().parse_args(argv)
+    parser = buildParser()
+    args = parser.parse_args(argv)
+    if not MIN_SERVER_VERSION <= args.server_version <= MAX_SERVER_VERSION:
+        parser.error(f"--server-version must be within {MIN_SERVER_VERSION}..{MAX_SERVER_VERSION}")
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

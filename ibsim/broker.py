@@ -9,11 +9,11 @@ from __future__ import annotations
 import logging
 import zlib
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from ibsim.market import EXCHANGE_TZ, BarSeries, Market, Tick, fromNs, toNs
-from ibsim.messages import ExecFields, OrderFields, StockContract
+from ibsim.messages import Completion, ExecFields, OrderFields, StockContract
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +23,7 @@ WORKING = frozenset({"PreSubmitted", "Submitted"})
 DONE = frozenset({"Filled", "Cancelled", "Inactive"})
 HELD = "Held"  # transmit=False: stored, not shown to the exchange (internal, never sent)
 SUPPORTED_TYPES = frozenset({"MKT", "LMT", "STP", "STP LMT"})
+RACE_CODES = frozenset({10148, 161})  # IB's answers to a cancel that arrives after the order filled
 
 _KNOWN = {
     "AAPL": (265598, "NASDAQ"), "MSFT": (272093, "NASDAQ"), "SPY": (756733, "ARCA"),
@@ -85,6 +86,8 @@ class SimOrder:
     lastSeen: float | None = None
     stopTriggered: bool = False
     placedAt: datetime | None = None
+    completedAt: datetime | None = None
+    completedText: str = ""
 
     @property
     def key(self) -> tuple[int, int]:
@@ -106,14 +109,33 @@ class SimOrder:
         """Return +1 for BUY, -1 for SELL."""
         return 1 if self.action == "BUY" else -1
 
-    def fields(self) -> OrderFields:
-        """Return the fields that ``openOrder`` echoes back."""
+    def expiresAt(self) -> datetime | None:
+        """Return when a DAY order expires: the close (16:00, or 20:00 with outsideRth) of its trading day.
+
+        An order placed after that day's close waits for the next weekday's session. GTC orders (and orders
+        not yet placed) never expire.
+        """
+        if self.tif.upper() != "DAY" or self.placedAt is None:
+            return None
+        local = self.placedAt.astimezone(_ZONE)
+        close = local.replace(hour=20 if self.outsideRth else 16, minute=0, second=0, microsecond=0)
+        while local >= close or close.weekday() >= 5:
+            close = (close + timedelta(days=1)).replace(hour=close.hour)
+        return close
+
+    def completion(self) -> Completion:
+        """Return how the order ended, for ``completedOrder``."""
+        when = (self.completedAt or self.placedAt or fromNs(0)).astimezone(_ZONE)
+        return Completion(self.status, self.filled, f"{when:%Y%m%d %H:%M:%S} {EXCHANGE_TZ}", self.completedText)
+
+    def fields(self, parentPermId: int | None = None) -> OrderFields:
+        """Return the fields that ``openOrder`` and ``completedOrder`` echo back."""
         return OrderFields(
             orderId=self.orderId, clientId=self.clientId, permId=self.permId, action=self.action,
             totalQuantity=self.totalQuantity, orderType=self.orderType, lmtPrice=self.lmtPrice,
             auxPrice=self.auxPrice, tif=self.tif, ocaGroup=self.ocaGroup, ocaType=self.ocaType,
             account=self.account, orderRef=self.orderRef, parentId=self.parentId, outsideRth=self.outsideRth,
-            transmit=self.transmit,
+            transmit=self.transmit, parentPermId=parentPermId,
         )
 
 
@@ -232,24 +254,34 @@ class Broker:
     account
         Account id (``DU…``).
     initialCash
-        Starting cash in USD.
+        Starting cash, in the base currency.
     commissions
         Commission schedule.
     policy
         Fill policy (slippage, partial fills).
+    baseCurrency
+        The account's base currency. US stocks trade in USD: with another base currency the starting cash
+        stays in that currency and trades build a USD balance (negative after buying: IB lends the USD).
+    usdToBase
+        The value of one USD in the base currency (IB's ``ExchangeRate`` for USD); 1 for a USD account.
     """
 
     def __init__(self, market: Market, account: str, initialCash: float = 1_000_000.0,
-                 commissions: CommissionSchedule | None = None, policy: FillPolicy | None = None) -> None:
+                 commissions: CommissionSchedule | None = None, policy: FillPolicy | None = None,
+                 baseCurrency: str = "USD", usdToBase: float = 1.0) -> None:
         self.market = market
         self.account = account
-        self.cash = float(initialCash)
+        self.baseCurrency = baseCurrency.upper()
+        self.usdToBase = 1.0 if self.baseCurrency == "USD" else float(usdToBase)
+        self.cash = float(initialCash) if self.baseCurrency == "USD" else 0.0  # USD
+        self.baseCash = 0.0 if self.baseCurrency == "USD" else float(initialCash)  # non-USD base currency
         self.commissions = commissions or CommissionSchedule()
         self.policy = policy or FillPolicy()
         self.orders: dict[tuple[int, int], SimOrder] = {}
         self.executions: list[Execution] = []
         self.positions: dict[str, Position] = {}
         self.rejectNext: dict[str, str] = {}
+        self.raceCancel: dict[str | None, int] = {}  # symbol (None: any) → 10148 or 161
         self.paused = False
         self._events: list[Event] = []
         self._nextPermId = 1_000_001
@@ -293,7 +325,7 @@ class Broker:
         self.orders[order.key] = order
         reason = self._rejection(order)
         if reason is not None:
-            order.status = "Inactive"
+            self._finish(order, "Inactive", reason[1])
             self._emit("rejected", order, code=reason[0], text=reason[1])
             return
         if not order.transmit:
@@ -352,8 +384,19 @@ class Broker:
         elif order.status != HELD:
             self._emit("order", order)
 
-    def cancelOrder(self, clientId: int, orderId: int, now: datetime) -> None:
-        """Cancel a working or held order (and its bracket children); 10147/10148 when impossible."""
+    def cancelOrder(self, clientId: int, orderId: int, now: datetime, byOther: bool = False) -> None:
+        """Cancel a working or held order (and its bracket children); 10147/10148 when impossible.
+
+        Parameters
+        ----------
+        clientId, orderId
+            The order's key.
+        now
+            Simulated time of the cancel.
+        byOther
+            The cancel comes from another client (TWS, a second API session) rather than the owner: the owner
+            sees only the result, and the completed order says so.
+        """
         self._nowNs = toNs(now)
         order = self.orders.get((clientId, orderId))
         if order is None:
@@ -365,21 +408,88 @@ class Broker:
                        text=f"OrderId {orderId} that needs to be cancelled cannot be cancelled, "
                             f"state: {order.status}.")
             return
-        self._cancel(order)
+        race = self._raceCode(order)
+        if race is not None:
+            self._loseRace(order, race)
+            return
+        text = "Cancelled by another client" if byOther else "Cancelled by Trader"
+        self._cancel(order, text)
         for child in self._children(order):
             if child.status not in DONE:
-                self._cancel(child)
+                self._cancel(child, text)
 
-    def _cancel(self, order: SimOrder) -> None:
-        order.status = "Cancelled"
+    def _raceCode(self, order: SimOrder) -> int | None:
+        if order.status not in WORKING:
+            return None
+        for key in (order.symbol, None):
+            if key in self.raceCancel:
+                return self.raceCancel.pop(key)
+        return None
+
+    def _loseRace(self, order: SimOrder, code: int) -> None:
+        """The order filled at the exchange before the cancel arrived: the refusal first, then the fill."""
+        logger.warning("cancel of %s lost the race with a fill: %d before Filled", order.key, code)
+        if code == 161:
+            text = f"Cancel attempted when order is not in a cancellable state. Order permId ={order.permId}"
+        else:
+            text = f"OrderId {order.orderId} that needs to be cancelled cannot be cancelled, state: Filled."
+        self._emit("error", order, code=code, text=text)
+        self.forceFill(order, None)
+
+    def forceFill(self, order: SimOrder, price: float | None) -> None:
+        """Fill the rest of a working order now, at ``price`` (default: its limit or stop, else the last print).
+
+        Parameters
+        ----------
+        order
+            A working order.
+        price
+            The execution price; None takes the limit price, the stop price or the last price, in that order.
+        """
+        if order.status not in WORKING or order.remaining <= 0:
+            raise ValueError(f"order {order.key} is {order.status}, not working")
+        if price is None:
+            price = order.lmtPrice or order.auxPrice or self.mark(order.symbol, fromNs(self._nowNs))
+        if order.status == "PreSubmitted":
+            order.status = "Submitted"
+        self._fill(order, order.remaining, round(float(price), 6), self._nowNs)
+
+    def _cancel(self, order: SimOrder, text: str = "Cancelled by Trader") -> None:
+        self._finish(order, "Cancelled", text)
         self._emit("cancelled", order, code=202, text="Order Canceled - reason:")
+
+    def _finish(self, order: SimOrder, status: str, text: str, timeNs: int | None = None) -> None:
+        order.status = status
+        order.completedAt = fromNs(self._nowNs if timeNs is None else timeNs)
+        order.completedText = text
+
+    def expire(self, now: datetime) -> list[SimOrder]:
+        """Cancel the DAY orders whose session has closed by ``now`` (GTC orders stay); return them."""
+        self._nowNs = toNs(now)
+        expired = []
+        for order in sorted(self.orders.values(), key=lambda o: o.permId):
+            due = order.expiresAt()
+            if order.status in WORKING and due is not None and due <= now:
+                self._nowNs = toNs(due)
+                logger.info("DAY order %s %s expired at the close %s", order.key, order.symbol, due)
+                self._cancel(order, "Cancelled by System: the DAY order expired at the close")
+                expired.append(order)
+        self._nowNs = toNs(now)
+        return expired
+
+    def completed(self, now: datetime) -> list[SimOrder]:
+        """Return the orders that ended (Filled, Cancelled, Inactive) on ``now``'s New York date, oldest first."""
+        today = now.astimezone(_ZONE).date()
+        done = [o for o in self.orders.values() if o.status in DONE and o.completedAt is not None
+                and o.completedAt.astimezone(_ZONE).date() == today]
+        return sorted(done, key=lambda o: (o.completedAt or now, o.permId))
 
     def globalCancel(self, now: datetime) -> None:
         """Cancel every working or held order (reqGlobalCancel)."""
         self._nowNs = toNs(now)
         for order in list(self.orders.values()):
             if order.status not in DONE:
-                self._cancel(order)
+                self._cancel(order, "Cancelled by Trader: global cancel")
 
     def _children(self, order: SimOrder) -> list[SimOrder]:
         return [o for o in self.orders.values()
@@ -512,7 +622,7 @@ class Broker:
         order.avgFillPrice = round(order.fillValue / order.filled, 6)
         order.lastFillPrice = price
         if order.remaining <= 1e-9:
-            order.status = "Filled"
+            self._finish(order, "Filled", f"Filled Size: {order.filled:g}", timeNs)
         realized = self._book(order, qty * order.sign, price, commission)
         self._execSeq += 1
         execution = Execution(
@@ -539,7 +649,7 @@ class Broker:
         for sibling in self._siblings(order):
             if sibling.parentId == order.orderId:
                 continue
-            self._cancel(sibling)
+            self._cancel(sibling, "Cancelled by System: OCA / bracket sibling filled")
 
     def _book(self, order: SimOrder, signedQty: float, price: float, commission: float) -> float | None:
         pos = self.positions.setdefault(order.symbol, Position(order.contract))
@@ -572,8 +682,8 @@ class Broker:
             return pos.avgCost if pos else 0.0
         return price
 
-    def accountValues(self, now: datetime) -> dict[str, float]:
-        """Return the account's numeric values (IB tag → USD) at ``now``."""
+    def _holdings(self, now: datetime) -> tuple[float, float, float, float]:
+        """Return (stock value, gross value, unrealized, realized P&L) in USD at ``now``."""
         gross = unrealized = realized = stock = 0.0
         for symbol, pos in self.positions.items():
             px = self.mark(symbol, now)
@@ -581,12 +691,18 @@ class Broker:
             gross += abs(pos.qty) * px
             unrealized += (px - pos.avgCost) * pos.qty
             realized += pos.realizedPNL
-        netLiq = self.cash + stock
+        return stock, gross, unrealized, realized
+
+    def accountValues(self, now: datetime) -> dict[str, float]:
+        """Return the account's numeric values (IB tag → value in the base currency) at ``now``."""
+        stock, gross, unrealized, realized = (x * self.usdToBase for x in self._holdings(now))
+        cash = self.baseCash + self.cash * self.usdToBase
+        netLiq = cash + stock
         margin = 0.25 * gross
         available = netLiq - margin
         return {
-            "NetLiquidation": netLiq, "TotalCashValue": self.cash, "SettledCash": self.cash,
-            "CashBalance": self.cash, "GrossPositionValue": gross, "StockMarketValue": stock,
+            "NetLiquidation": netLiq, "TotalCashValue": cash, "SettledCash": cash,
+            "CashBalance": cash, "GrossPositionValue": gross, "StockMarketValue": stock,
             "EquityWithLoanValue": netLiq, "PreviousDayEquityWithLoanValue": netLiq, "RegTEquity": netLiq,
             "RegTMargin": 0.5 * gross, "SMA": available, "InitMarginReq": margin, "MaintMarginReq": margin,
             "FullInitMarginReq": margin, "FullMaintMarginReq": margin, "AvailableFunds": available,
@@ -596,3 +712,26 @@ class Broker:
                 gross / netLiq if netLiq else 0.0),
         }
 
+    def ledger(self, now: datetime) -> dict[str, dict[str, float]]:
+        """Return IB's per-currency ledger at ``now``: the base currency, on a non-USD account with USD activity
+        ``USD``, then ``BASE`` (totals in the base currency).
+
+        Each row maps CashBalance, TotalCashBalance, StockMarketValue, NetLiquidationByCurrency,
+        UnrealizedPnL, RealizedPnL, AccruedCash and ExchangeRate (value of one unit in the base currency).
+        """
+        stock, _, unrealized, realized = self._holdings(now)
+
+        def row(cash: float, stockValue: float, upl: float, rpl: float, rate: float) -> dict[str, float]:
+            return {"CashBalance": cash, "TotalCashBalance": cash, "StockMarketValue": stockValue,
+                    "NetLiquidationByCurrency": cash + stockValue, "UnrealizedPnL": upl, "RealizedPnL": rpl,
+                    "AccruedCash": 0.0, "ExchangeRate": rate}
+
+        usd = row(self.cash, stock, unrealized, realized, self.usdToBase)
+        rate = self.usdToBase
+        base = row(self.baseCash + self.cash * rate, stock * rate, unrealized * rate, realized * rate, 1.0)
+        if self.baseCurrency == "USD":
+            return {"USD": usd, "BASE": base}  # IB's order: each currency, then BASE
+        out = {self.baseCurrency: row(self.baseCash, 0.0, 0.0, 0.0, 1.0)}
+        if self.cash or self.positions:
+            out["USD"] = usd
+        return {**out, "BASE": base}

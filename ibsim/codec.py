@@ -16,6 +16,8 @@ from dataclasses import dataclass
 logger = logging.getLogger(__name__)
 
 API_MAGIC = b"API\0"
+MIN_SERVER_VERSION = 157  # the oldest server version whose message layouts ibsim implements
+MAX_SERVER_VERSION = 178  # the newest (ib_async 2.1's maximum; IB Gateway 10.30 announces it)
 UNSET_INTEGER = 2**31 - 1
 UNSET_DOUBLE = 1.7976931348623157e308
 MAX_FRAME = 0xFFFFFF
@@ -56,6 +58,27 @@ def formatField(value: Field) -> str:  # noqa: PLR0911  (one branch per wire typ
             return "Infinite"
         return repr(value)
     return str(value)
+
+
+def decimalText(value: float) -> str:
+    """Format a quantity as IB writes its Decimal sizes (server version >= 163): ``100``, ``0.5``.
+
+    Parameters
+    ----------
+    value
+        A share quantity or volume.
+
+    Returns
+    -------
+    str
+        Integral values without a fraction (``'100'``, not ``'100.0'``), others in the shortest round-trip
+        form.
+    """
+    if value == UNSET_DOUBLE:
+        return ""
+    if float(value).is_integer():
+        return str(int(value))
+    return repr(float(value))
 
 
 def encodeFields(fields: Iterable[Field]) -> bytes:
@@ -161,28 +184,62 @@ def parseHello(payload: bytes) -> ClientHello:
     return ClientHello(minVersion=low, maxVersion=high, options=(match.group(3) or "").strip())
 
 
-def negotiateVersion(hello: ClientHello, serverMax: int, serverMin: int = 157) -> int | None:
-    """Choose the server version to announce: never above the client's maximum.
+@dataclass(frozen=True)
+class Negotiation:
+    """The outcome of the version handshake.
+
+    Attributes
+    ----------
+    version
+        The server version to announce in the handshake reply.
+    refusal
+        Empty when the client can be served at ``version``; otherwise the reason it cannot, in which case
+        the server announces ``version`` only so that the client can decode the refusal (an error message)
+        before the socket closes.
+    code
+        IB's error code for the refusal (503: the gateway is too old for the client; 506: the client's
+        versions are all older than the gateway serves), 0 when served.
+    """
+
+    version: int
+    refusal: str = ""
+    code: int = 0
+
+    @property
+    def served(self) -> bool:
+        """Return True when the client can be served."""
+        return not self.refusal
+
+
+def negotiateVersion(hello: ClientHello, serverMax: int = MAX_SERVER_VERSION,
+                     serverMin: int = MIN_SERVER_VERSION) -> Negotiation:
+    """Choose the server version to announce: the highest both sides speak, never above the client's maximum.
 
     Parameters
     ----------
     hello
         The client's range.
     serverMax
-        The highest version this server can speak.
+        The highest version this server may announce.
     serverMin
         The lowest version whose message layouts this server implements.
 
     Returns
     -------
-    int or None
-        ``min(hello.maxVersion, serverMax)``, or None (refuse) when that is below the client's minimum
-        or below ``serverMin``.
+    Negotiation
+        ``min(hello.maxVersion, serverMax)`` when that lies in both ranges. Otherwise a refusal: a client
+        whose minimum is above ``serverMax`` is told that the gateway must be upgraded (503, at
+        ``serverMax``); a client whose maximum is below ``serverMin`` is told its version is unsupported
+        (506, at the client's maximum, so that it decodes the message).
     """
-    version = min(hello.maxVersion, serverMax)
-    if version < hello.minVersion or version < serverMin:
-        return None
-    return version
+    served = f"ibsim speaks server versions {serverMin}..{serverMax}"
+    offered = f"v{hello.minVersion}..{hello.maxVersion}"
+    if hello.minVersion > serverMax:
+        return Negotiation(serverMax, f"The TWS is out of date and must be upgraded. ({served}; the client "
+                                      f"offers {offered})", 503)
+    if hello.maxVersion < serverMin:
+        return Negotiation(hello.maxVersion, f"Unsupported version: {served}; the client offers {offered}", 506)
+    return Negotiation(min(hello.maxVersion, serverMax))
 
 
 def fieldsAt(fields: Sequence[str], index: int, default: str = "") -> str:

@@ -11,9 +11,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from zoneinfo import ZoneInfo
 
-from ibsim.broker import DONE
+from ibsim.broker import DONE, RACE_CODES
 from ibsim.market import EXCHANGE_TZ
-from ibsim.server import Gateway, HistFault
+from ibsim.server import CommissionFault, Gateway, HistFault
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,18 @@ HELP = """commands:
   pacing-hist [COUNT] [SYM]         answer the next COUNT historical requests with 162 (pacing violation)
   partial QTY|off [SYMBOL]          split fills into executions of at most QTY shares
   pacing on|off                     historical-data pacing rules (error 162)
+  no-permissions [SYMBOL]           historical requests get 162 "No market data permissions" (all symbols
+                                    without SYMBOL) until grant-permissions
+  grant-permissions [SYMBOL]        undo no-permissions (every denial without SYMBOL)
+  race-cancel [10148|161] [SYMBOL]  the next cancel of a working order loses the race with a fill: the
+                                    error comes first, then Filled (default 10148)
+  cancel-order ORDERID [CLIENTID]   cancel an order as another client would (the owner may be away)
+  fill-order ORDERID [PRICE] [CLIENTID]
+                                    fill a working order now, outside its owner's control
+  delay-commission SECONDS [COUNT] [SYMBOL]
+                                    hold back the next COUNT commission reports SECONDS of simulated time
+  drop-commission [COUNT] [SYMBOL]  never push the next COUNT commission reports (reqExecutions has them)
+  completed                         the orders that ended today (what reqCompletedOrders answers)
   quit                              stop the simulator"""
 
 
@@ -58,7 +70,10 @@ class ControlChannel:
             "reject": self._reject, "hold-client-id": self._hold, "release-client-id": self._release,
             "delay-hist": self._delay, "withhold-hist": self._withhold,
             "pacing-hist": self._pacing_hist, "partial": self._partial,
-            "pacing": self._pacing, "quit": self._quit,
+            "pacing": self._pacing, "quit": self._quit, "no-permissions": self._deny,
+            "grant-permissions": self._grant, "race-cancel": self._race, "cancel-order": self._cancelOrder,
+            "fill-order": self._fillOrder, "delay-commission": self._delayCommission,
+            "drop-commission": self._dropCommission, "completed": self._completed,
         }
 
     async def execute(self, line: str) -> str:
@@ -92,8 +107,59 @@ class ControlChannel:
         lines += [f"position {s} {p.qty:g} @ {p.avgCost:.4f}"
                   for s, p in sorted(broker.positions.items()) if p.qty]
         lines += [f"order {o.clientId}/{o.orderId} {o.action} {o.totalQuantity:g} {o.symbol} {o.orderType} "
-                  f"{o.status}" for o in broker.orders.values() if o.status not in DONE]
+                  f"{o.status} {o.tif} ref={o.orderRef or '-'}" for o in broker.orders.values()
+                  if o.status not in DONE]
         return "\n".join(lines)
+
+    def _completed(self, args: list[str]) -> str:
+        orders = self.gateway.broker.completed(self.gateway.clock.now())
+        return "\n".join(f"done {o.clientId}/{o.orderId} permId={o.permId} {o.action} {o.filled:g}/"
+                         f"{o.totalQuantity:g} {o.symbol} {o.orderType} {o.status} ({o.completedText}) "
+                         f"ref={o.orderRef or '-'}" for o in orders) or "no completed orders today"
+
+    def _deny(self, args: list[str]) -> str:
+        symbol = args[0].upper() if args else None
+        self.gateway.noPermissions.add(symbol)
+        return f"ok no market data permissions for {symbol or 'any symbol'}"
+
+    def _grant(self, args: list[str]) -> str:
+        if args:
+            self.gateway.noPermissions.discard(args[0].upper())
+        else:
+            self.gateway.noPermissions.clear()
+        return "ok"
+
+    def _race(self, args: list[str]) -> str:
+        code = int(args[0]) if args and args[0].isdigit() else 10148
+        rest = args[1:] if args and args[0].isdigit() else args
+        if code not in RACE_CODES:
+            raise ValueError(f"code {code}: use 10148 or 161")
+        symbol = rest[0].upper() if rest else None
+        self.gateway.broker.raceCancel[symbol] = code
+        return f"ok the next cancel{' for ' + symbol if symbol else ''} loses the race with a fill ({code})"
+
+    def _cancelOrder(self, args: list[str]) -> str:
+        clientId = int(args[1]) if len(args) > 1 else None
+        order = self.gateway.cancelByOther(int(args[0]), clientId)
+        return f"ok {order.clientId}/{order.orderId} {order.status}"
+
+    def _fillOrder(self, args: list[str]) -> str:
+        price = float(args[1]) if len(args) > 1 and args[1] != "-" else None
+        clientId = int(args[2]) if len(args) > 2 else None
+        order = self.gateway.fillByOther(int(args[0]), price, clientId)
+        return f"ok {order.clientId}/{order.orderId} {order.status} @ {order.avgFillPrice:g}"
+
+    def _delayCommission(self, args: list[str]) -> str:
+        count = int(args[1]) if len(args) > 1 else 1
+        symbol = args[2].upper() if len(args) > 2 else None
+        self.gateway.commissionFaults.append(CommissionFault(float(args[0]), count, symbol))
+        return "ok"
+
+    def _dropCommission(self, args: list[str]) -> str:
+        count = int(args[0]) if args else 1
+        symbol = args[1].upper() if len(args) > 1 else None
+        self.gateway.commissionFaults.append(CommissionFault(None, count, symbol))
+        return "ok"
 
     def _advance(self, args: list[str]) -> str:
         self.gateway.advance(float(args[0]))
@@ -181,10 +247,14 @@ async def serveControlPort(channel: ControlChannel, host: str, port: int) -> asy
     """Accept control commands, one per line, on a loopback TCP port; each reply ends with a blank line."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while line := await reader.readline():
-            writer.write((await channel.execute(line.decode(errors="replace")) + "\n\n").encode())
-            await writer.drain()
-        writer.close()
+        try:
+            while line := await reader.readline():
+                writer.write((await channel.execute(line.decode(errors="replace")) + "\n\n").encode())
+                await writer.drain()
+        except (asyncio.CancelledError, ConnectionError):
+            pass  # the simulator is stopping, or the peer went away: nothing left to answer
+        finally:
+            writer.close()
 
     return await asyncio.start_server(handle, host, port)
 

@@ -19,21 +19,35 @@ from ibsim.broker import (
     Broker,
     CommissionSchedule,
     Event,
+    Execution,
     FillPolicy,
     OrderSnap,
     SimOrder,
     contractFor,
 )
 from ibsim.clock import SimClock
-from ibsim.codec import API_MAGIC, CodecError, Field, encodeFields, fieldsAt, negotiateVersion, parseHello
-from ibsim.market import EXCHANGE_TZ, NS, HistoryError, Market, parseBarSize
+from ibsim.codec import (
+    API_MAGIC,
+    MAX_SERVER_VERSION,
+    MIN_SERVER_VERSION,
+    CodecError,
+    Field,
+    encodeFields,
+    fieldsAt,
+    negotiateVersion,
+    parseHello,
+)
+from ibsim.market import EXCHANGE_TZ, NS, HistoryError, Market, parseBarSize, toNs
 from ibsim.messages import StockContract
 from ibsim.pacing import HistRequestKey, PacingGuard, PacingRules
 
 logger = logging.getLogger(__name__)
 
 _ZONE = ZoneInfo(EXCHANGE_TZ)
-_TEXT_KEYS = ("AccountCode", "AccountType", "Currency", "AccountReady")
+_TEXT_KEYS = ("AccountCode", "AccountType", "Currency", "RealCurrency", "AccountReady", "DayTradesRemaining")
+_RATIO_KEYS = frozenset({"Cushion", "Leverage"})  # sent without a currency, as IB does
+_LEDGER_KEYS = frozenset({"CashBalance", "TotalCashBalance", "StockMarketValue", "NetLiquidationByCurrency",
+                          "UnrealizedPnL", "RealizedPnL", "AccruedCash", "ExchangeRate"})
 
 
 @dataclass(frozen=True)
@@ -49,7 +63,8 @@ class SimConfig:
     account
         The single managed account (paper style ``DU…``).
     serverVersion
-        Highest server version to announce (only 157 is implemented; never more than the client's max).
+        Highest server version to announce (157–178; never more than the client's maximum). Lower it to
+        make the real clients speak an older version, e.g. 166 or 176.
     initialCash
         Starting cash (USD).
     pacing
@@ -60,17 +75,28 @@ class SimConfig:
         Split every fill into executions of at most this many shares (None: fill at once).
     tickInterval
         Wall seconds between clock polls when the clock runs by itself.
+    baseCurrency
+        The account's base currency (``GBP`` for the recorded account). Account values then come in
+        ``BASE`` and that currency, NetLiquidation in that currency only, plus USD ledger lines once the
+        account trades US stocks.
+    usdToBase
+        Value of one USD in the base currency (IB's ExchangeRate line for USD), e.g. 0.79 for GBP.
+    expireDayOrders
+        Cancel DAY orders at the close (16:00 New York, 20:00 with outsideRth) as IB does.
     """
 
     host: str = "127.0.0.1"
     port: int = 0
     account: str = "DU1234567"
-    serverVersion: int = msg.SERVER_VERSION
+    serverVersion: int = MAX_SERVER_VERSION
     initialCash: float = 1_000_000.0
     pacing: PacingRules = field(default_factory=PacingRules)
     slippage: float = 0.0
     maxFillQty: float | None = None
     tickInterval: float = 0.05
+    baseCurrency: str = "USD"
+    usdToBase: float = 1.0
+    expireDayOrders: bool = True
 
 
 @dataclass(frozen=True)
@@ -96,6 +122,24 @@ class HistFault:
 
 
 @dataclass
+class CommissionFault:
+    """Commission reports of the next ``count`` executions held back ``seconds`` of simulated time, or never
+    pushed (``seconds`` None). reqExecutions answers a report once it is due (a dropped one at once)."""
+
+    seconds: float | None
+    count: int = 1
+    symbol: str | None = None
+
+
+@dataclass
+class HeldReport:
+    """A commission report not sent yet."""
+
+    dueNs: int | None  # None: never pushed live
+    execution: Execution
+
+
+@dataclass
 class PendingHist:
     """A historical request not answered yet."""
 
@@ -113,6 +157,7 @@ class Session:
         self.writer = writer
         self.clientId: int | None = None
         self.serverVersion = 0
+        self.wire = msg.Wire(MIN_SERVER_VERSION)
         self.positions = False
         self.accountUpdates = False
         self.multi: set[int] = set()
@@ -125,6 +170,10 @@ class Session:
         """Write one message (dropped silently once the session is closed)."""
         if not self.closed:
             self.writer.write(encodeFields(fields))
+
+    def error(self, reqId: int, code: int, text: str | None = None) -> None:
+        """Send an error / notice in this session's version layout (IB's text for ``code`` by default)."""
+        self.send(self.wire.error(reqId, code, text))
 
     def close(self) -> None:
         """Close the socket (the client sees EOF)."""
@@ -149,18 +198,23 @@ class Gateway:
 
     def __init__(self, market: Market, clock: SimClock, config: SimConfig | None = None) -> None:
         self.config = config or SimConfig()
-        if self.config.serverVersion != msg.SERVER_VERSION:
-            raise ValueError(f"ibsim implements the server version {msg.SERVER_VERSION} message layouts only")
+        if not MIN_SERVER_VERSION <= self.config.serverVersion <= MAX_SERVER_VERSION:
+            raise ValueError(f"serverVersion {self.config.serverVersion}: ibsim implements server versions "
+                             f"{MIN_SERVER_VERSION}..{MAX_SERVER_VERSION}")
         self.market = market
         self.clock = clock
         self.broker = Broker(market, self.config.account, self.config.initialCash, CommissionSchedule(),
-                             FillPolicy(slippage=self.config.slippage, maxFillQty=self.config.maxFillQty))
+                             FillPolicy(slippage=self.config.slippage, maxFillQty=self.config.maxFillQty),
+                             baseCurrency=self.config.baseCurrency, usdToBase=self.config.usdToBase)
         self.pacing = PacingGuard(self.config.pacing)
         self.contracts: dict[str, StockContract] = {s: contractFor(s) for s in market.symbols}
         self.requests: list[RequestRecord] = []
         self.sessions: list[Session] = []
         self.heldClientIds: set[int] = set()
         self.histFaults: list[HistFault] = []
+        self.commissionFaults: list[CommissionFault] = []
+        self.heldReports: dict[str, HeldReport] = {}  # execId → report not sent yet
+        self.noPermissions: set[str | None] = set()  # symbols (None: all) without market-data permissions
         self.pendingHist: dict[tuple[int, int], PendingHist] = {}
         self.connectivityLost = False
         self.port = self.config.port
@@ -229,7 +283,10 @@ class Gateway:
             session.close()
             if session in self.sessions:
                 self.sessions.remove(session)
-            logger.info("client %s disconnected (%s)", session.clientId, session.peer)
+            if session.clientId is None:
+                logger.info("connection %s closed before startApi", session.peer)
+            else:
+                logger.info("client %s disconnected (%s)", session.clientId, session.peer)
 
     async def _handshake(self, session: Session) -> bool:
         magic = await session.reader.readexactly(4)
@@ -237,15 +294,20 @@ class Gateway:
             logger.warning("connection %s did not start with API\\0: %r", session.peer, magic)
             return False
         hello = parseHello(await self._readFrame(session.reader))
-        version = negotiateVersion(hello, self.config.serverVersion)
-        if version is None:
-            logger.warning("client %s needs version >= %d; closing", session.peer, hello.minVersion)
-            return False
-        session.serverVersion = version
+        deal = negotiateVersion(hello, self.config.serverVersion)
+        session.serverVersion = deal.version
+        session.wire = msg.Wire(deal.version)
         local = self.clock.now().astimezone(_ZONE)
-        session.send([version, f"{local:%Y%m%d %H:%M:%S} {local.tzname()}"])
+        session.send([deal.version, f"{local:%Y%m%d %H:%M:%S} {local.tzname()}"])
+        if not deal.served:
+            logger.warning("refusing client %s (v%d..%d): %s", session.peer, hello.minVersion, hello.maxVersion,
+                           deal.refusal)
+            session.error(-1, deal.code, deal.refusal)
+            with contextlib.suppress(ConnectionError):
+                await session.writer.drain()
+            return False
         logger.info("handshake %s: client v%d..%d%s, announced %d", session.peer, hello.minVersion,
-                    hello.maxVersion, f" {hello.options}" if hello.options else "", version)
+                    hello.maxVersion, f" {hello.options}" if hello.options else "", deal.version)
         return True
 
     @staticmethod
@@ -297,7 +359,7 @@ class Gateway:
         inUse = any(s.clientId == clientId and s is not session and not s.closed for s in self.sessions)
         if inUse or clientId in self.heldClientIds:
             logger.warning("clientId %d already in use: 326 and close", clientId)
-            session.send(msg.error(-1, 326))
+            session.error(-1, 326)
             session.close()
             return
         session.clientId = clientId
@@ -305,7 +367,7 @@ class Gateway:
         session.send(msg.nextValidId(self.broker.nextOrderId))
         codes = (1100, *msg.FARM_BROKEN) if self.connectivityLost else msg.FARM_OK
         for code in codes:
-            session.send(msg.error(-1, code))
+            session.error(-1, code)
 
     def sessionsFor(self, clientId: int) -> list[Session]:
         """Return the live sessions of ``clientId``."""
@@ -325,10 +387,12 @@ class Gateway:
         session.send(msg.managedAccounts([self.config.account]))
 
     def _reqMktData(self, session: Session, fields: list[str]) -> None:
-        session.send(msg.error(int(fields[2]), 354, "Requested market data is not subscribed. "
-                               "(ibsim serves historical bars only)"))
+        session.error(int(fields[2]), 354, "Requested market data is not subscribed. "
+                      "(ibsim serves historical bars only)")
 
     def _reqCompletedOrders(self, session: Session, fields: list[str]) -> None:
+        for order in self.broker.completed(self.clock.now()):
+            session.send(session.wire.completedOrder(self._orderFields(order), order.contract, order.completion()))
         session.send(msg.completedOrdersEnd())
 
     def _resolve(self, conId: str, symbol: str, secType: str, currency: str) -> StockContract | None:
@@ -342,35 +406,50 @@ class Gateway:
         reqId = int(fields[2])
         contract = self._resolve(fields[3], fields[4], fields[5], fields[12])
         if contract is None:
-            session.send(msg.error(reqId, 200))
+            session.error(reqId, 200)
             return
-        session.send(msg.contractData(reqId, contract, fields[10] or "SMART"))
+        session.send(session.wire.contractData(reqId, contract, fields[10] or "SMART"))
         session.send(msg.contractDataEnd(reqId))
 
     # -- account ----------------------------------------------------------------------------------
-    def _values(self) -> list[tuple[str, str, str]]:
-        values = self.broker.accountValues(self.clock.now())
+    def accountRows(self) -> list[tuple[str, str, str]]:
+        """Return the account values as IB sends them: (tag, value, currency), sorted by tag then currency."""
+        now = self.clock.now()
+        base = self.broker.baseCurrency
         out = [("AccountCode", self.config.account, ""), ("AccountType", "INDIVIDUAL", ""),
-               ("Currency", "USD", "USD"), ("AccountReady", "true", "")]
-        out += [(k, f"{v:.2f}", "USD") for k, v in values.items()]
-        out.append(("DayTradesRemaining", "-1", ""))
-        return out
+               ("AccountReady", "true", ""), ("DayTradesRemaining", "-1", "")]
+        for key, value in self.broker.accountValues(now).items():
+            if key not in _LEDGER_KEYS:
+                out.append((key, f"{value:.2f}", "" if key in _RATIO_KEYS else base))
+        out += self._ledgerRows(now)
+        return sorted(out, key=lambda row: (row[0], row[2]))
 
-    def _portfolio(self, symbol: str) -> list[Field]:
+    def _ledgerRows(self, now: datetime, currencies: set[str] | None = None) -> list[tuple[str, str, str]]:
+        rows = []
+        for currency, row in self.broker.ledger(now).items():
+            if currencies is not None and currency not in currencies:
+                continue
+            rows += [("Currency", currency, currency), ("RealCurrency", currency, currency)]
+            for key, value in row.items():
+                text = f"{value:.2f}" if key != "ExchangeRate" or value == 1.0 else f"{value:g}"
+                rows.append((key, text, currency))
+        return rows
+
+    def _portfolio(self, session: Session, symbol: str) -> list[Field]:
         pos = self.broker.positions[symbol]
         px = self.broker.mark(symbol, self.clock.now())
-        return msg.portfolioValue(pos.contract, pos.qty, px, round(pos.qty * px, 2), round(pos.avgCost, 6),
-                                  round((px - pos.avgCost) * pos.qty, 2), round(pos.realizedPNL, 2),
-                                  self.config.account)
+        return session.wire.portfolioValue(pos.contract, pos.qty, px, round(pos.qty * px, 2),
+                                           round(pos.avgCost, 6), round((px - pos.avgCost) * pos.qty, 2),
+                                           round(pos.realizedPNL, 2), self.config.account)
 
-    def _position(self, symbol: str) -> list[Field]:
+    def _position(self, session: Session, symbol: str) -> list[Field]:
         pos = self.broker.positions[symbol]
-        return msg.position(self.config.account, pos.contract, pos.qty, round(pos.avgCost, 6))
+        return session.wire.position(self.config.account, pos.contract, pos.qty, round(pos.avgCost, 6))
 
     def _reqPositions(self, session: Session, fields: list[str]) -> None:
         session.positions = True
         for symbol in sorted(self.broker.positions):
-            session.send(self._position(symbol))
+            session.send(self._position(session, symbol))
         session.send(msg.positionEnd())
 
     def _cancelPositions(self, session: Session, fields: list[str]) -> None:
@@ -383,18 +462,18 @@ class Gateway:
         session.accountUpdates = fields[2] == "1"
         if not session.accountUpdates:
             return
-        for key, value, currency in self._values():
+        for key, value, currency in self.accountRows():
             session.send(msg.accountValue(key, value, currency, self.config.account))
         for symbol in sorted(self.broker.positions):
             if self.broker.positions[symbol].qty:
-                session.send(self._portfolio(symbol))
+                session.send(self._portfolio(session, symbol))
         session.send(self._accountTime())
         session.send(msg.accountDownloadEnd(self.config.account))
 
     def _reqAccountUpdatesMulti(self, session: Session, fields: list[str]) -> None:
         reqId = int(fields[2])
         session.multi.add(reqId)
-        for key, value, currency in self._values():
+        for key, value, currency in self.accountRows():
             session.send(msg.accountUpdateMulti(reqId, self.config.account, key, value, currency))
         session.send(msg.accountUpdateMultiEnd(reqId))
 
@@ -410,22 +489,28 @@ class Gateway:
 
     def _sendSummary(self, session: Session, reqId: int, tags: list[str]) -> None:
         wanted = set(tags)
-        for key, value, currency in self._values():
-            if key in wanted and key not in {"AccountCode", "AccountReady"}:
+        for key, value, currency in self.accountRows():
+            if key in wanted and key not in {"AccountCode", "AccountReady"} and key not in _LEDGER_KEYS:
                 session.send(msg.accountSummary(reqId, self.config.account, key, value, currency))
+        ledger = [t for t in tags if t.startswith("$LEDGER")]
+        if ledger:  # $LEDGER: BASE only; $LEDGER:ALL every currency; $LEDGER:GBP one (IB names the group 'All')
+            scope = ledger[0].partition(":")[2].upper()
+            currencies = None if scope == "ALL" else {scope or "BASE"}
+            for key, value, currency in self._ledgerRows(self.clock.now(), currencies):
+                session.send(msg.accountSummary(reqId, "All", key, value, currency))
 
     def _cancelAccountSummary(self, session: Session, fields: list[str]) -> None:
         session.summary.pop(int(fields[2]), None)
 
     def pushAccount(self, symbols: set[str]) -> None:
         """Send position, portfolio and account-value updates to every subscribed session."""
-        values = [v for v in self._values() if v[0] not in _TEXT_KEYS]
+        values = [v for v in self.accountRows() if v[0] not in _TEXT_KEYS]
         for session in self._ready():
             for symbol in sorted(symbols):
                 if session.positions:
-                    session.send(self._position(symbol))
+                    session.send(self._position(session, symbol))
                 if session.accountUpdates:
-                    session.send(self._portfolio(symbol))
+                    session.send(self._portfolio(session, symbol))
             self._pushValues(session, values)
 
     def _pushValues(self, session: Session, values: list[tuple[str, str, str]]) -> None:
@@ -446,7 +531,7 @@ class Gateway:
         clientId = session.clientId if session.clientId is not None else 0
         contract = self._resolve(f[2], f[3], f[4], f[11])
         if contract is None:
-            session.send(msg.error(orderId, 200))
+            session.error(orderId, 200)
             return
         order = SimOrder(
             clientId=clientId, orderId=orderId, permId=0, contract=contract, action=f[16].upper(),
@@ -464,19 +549,55 @@ class Gateway:
         self.broker.cancelOrder(clientId, int(f[2]), self.clock.now())
         self.publish()
 
+    def findOrder(self, orderId: int, clientId: int | None = None) -> SimOrder:
+        """Return the order ``orderId`` (of ``clientId`` when several clients used that id).
+
+        Raises
+        ------
+        KeyError
+            If no order, or more than one, matches.
+        """
+        matches = [o for o in self.broker.orders.values()
+                   if o.orderId == orderId and clientId in {None, o.clientId}]
+        if len(matches) != 1:
+            raise KeyError(f"{len(matches)} orders with id {orderId}" + ("" if clientId is None
+                                                                        else f" of client {clientId}"))
+        return matches[0]
+
+    def cancelByOther(self, orderId: int, clientId: int | None = None) -> SimOrder:
+        """Cancel an order as another client (TWS, a second session) would: the owner sees only the result."""
+        order = self.findOrder(orderId, clientId)
+        logger.warning("order %s %s cancelled by another client", order.key, order.symbol)
+        self.broker.cancelOrder(order.clientId, order.orderId, self.clock.now(), byOther=True)
+        self.publish()
+        return order
+
+    def fillByOther(self, orderId: int, price: float | None = None, clientId: int | None = None) -> SimOrder:
+        """Fill the rest of a working order now (at ``price``, else its limit/stop, else the last print), as when
+        another client changed it or the market traded through it while its owner was away."""
+        order = self.findOrder(orderId, clientId)
+        logger.warning("order %s %s filled outside its owner's control", order.key, order.symbol)
+        self.broker.forceFill(order, price)
+        self.publish()
+        return order
+
     def _reqGlobalCancel(self, session: Session, f: list[str]) -> None:
         self.broker.globalCancel(self.clock.now())
         self.publish()
 
     def _sendOrder(self, session: Session, order: SimOrder, snap: OrderSnap | None = None) -> None:
         s = snap or OrderSnap.of(order)
-        session.send(msg.openOrder(order.fields(), order.contract, s.status))
-        session.send(self._status(order, s))
+        session.send(session.wire.openOrder(self._orderFields(order), order.contract, s.status))
+        session.send(self._status(session, order, s))
+
+    def _orderFields(self, order: SimOrder) -> msg.OrderFields:
+        parent = self.broker.orders.get((order.clientId, order.parentId)) if order.parentId else None
+        return order.fields(parent.permId if parent is not None else None)
 
     @staticmethod
-    def _status(order: SimOrder, s: OrderSnap) -> list[Field]:
-        return msg.orderStatus(order.orderId, s.status, s.filled, s.remaining, s.avgFillPrice, order.permId,
-                               order.parentId, s.lastFillPrice, order.clientId)
+    def _status(session: Session, order: SimOrder, s: OrderSnap) -> list[Field]:
+        return session.wire.orderStatus(order.orderId, s.status, s.filled, s.remaining, s.avgFillPrice,
+                                        order.permId, order.parentId, s.lastFillPrice, order.clientId)
 
     def _openOrders(self, session: Session, everyone: bool) -> None:
         for order in sorted(self.broker.orders.values(), key=lambda o: o.permId):
@@ -497,15 +618,21 @@ class Gateway:
                    if (not clientId or e.order[0] == clientId) and (not symbol or e.contract.symbol == symbol)
                    and (not side or e.side == side or (side, e.side) in {("BUY", "BOT"), ("SELL", "SLD")})]
         for e in matched:
-            session.send(msg.execDetails(reqId, e.fields(), e.contract))
+            session.send(session.wire.execDetails(reqId, e.fields(), e.contract))
         for e in matched:
-            session.send(msg.commissionReport(e.execId, e.commission, e.realizedPNL))
+            held = self.heldReports.get(e.execId)
+            if held is None or held.dueNs is None:  # a dropped live report is still on the server
+                session.send(msg.commissionReport(e.execId, e.commission, e.realizedPNL))
         session.send(msg.execDetailsEnd(reqId))
 
     def publish(self) -> None:
         """Turn the broker's queued events into messages for the owning clients."""
         touched: set[str] = set()
-        for event in self.broker.drain():
+        events = self.broker.drain()
+        for event in events:
+            if event.kind == "fill" and event.execution is not None:
+                self._holdReport(event.execution)
+        for event in events:
             if event.kind == "account" and event.order is not None:
                 touched.add(event.order.symbol)
                 continue
@@ -518,27 +645,55 @@ class Gateway:
     def _sendEvent(self, session: Session, event: Event, reqId: int) -> None:
         order, snap = event.order, event.snap
         if event.kind == "error" or order is None or snap is None:
-            session.send(msg.error(reqId, event.code, event.text))
+            session.error(reqId, event.code, event.text)
         elif event.kind == "order":
             self._sendOrder(session, order, snap)
         elif event.kind == "cancelled":
-            session.send(self._status(order, snap))
-            session.send(msg.error(order.orderId, 202, event.text))
+            session.send(self._status(session, order, snap))
+            session.error(order.orderId, 202, event.text)
         elif event.kind == "rejected":
-            session.send(msg.error(order.orderId, event.code, event.text))
+            session.error(order.orderId, event.code, event.text)
             self._sendOrder(session, order, snap)
         elif event.kind == "fill" and event.execution is not None:
             self._sendOrder(session, order, snap)
             e = event.execution
-            session.send(msg.execDetails(-1, e.fields(), e.contract))
-            session.send(msg.commissionReport(e.execId, e.commission, e.realizedPNL))
+            session.send(session.wire.execDetails(-1, e.fields(), e.contract))
+            if e.execId not in self.heldReports:
+                session.send(msg.commissionReport(e.execId, e.commission, e.realizedPNL))
+
+    def _holdReport(self, execution: Execution) -> None:
+        for fault in self.commissionFaults:
+            if fault.symbol is None or fault.symbol == execution.contract.symbol:
+                fault.count -= 1
+                if fault.count <= 0:
+                    self.commissionFaults.remove(fault)
+                due = None if fault.seconds is None else toNs(self.clock.now()) + int(fault.seconds * NS)
+                logger.warning("commission report of %s %s", execution.execId,
+                               "dropped" if due is None else f"held back {fault.seconds:g} s")
+                self.heldReports[execution.execId] = HeldReport(due, execution)
+                return
+
+    def _releaseReports(self) -> None:
+        nowNs = toNs(self.clock.now())
+        for execId, held in list(self.heldReports.items()):
+            if held.dueNs is not None and held.dueNs <= nowNs:
+                del self.heldReports[execId]
+                e = held.execution
+                logger.info("commission report of %s released", execId)
+                for session in self.sessionsFor(e.order[0]):
+                    session.send(msg.commissionReport(e.execId, e.commission, e.realizedPNL))
 
     # -- time -------------------------------------------------------------------------------------
     def process(self) -> None:
-        """Fill what the tape allows up to the current simulated time and publish the results."""
+        """Fill what the tape allows up to the current simulated time, expire DAY orders at the close, release
+        held commission reports, and publish the results."""
+        now = self.clock.now()
         self.broker.paused = self.connectivityLost
-        self.broker.process(self.clock.now())
+        self.broker.process(now)
+        if self.config.expireDayOrders:
+            self.broker.expire(now)
         self.publish()
+        self._releaseReports()
 
     def advance(self, seconds: float) -> None:
         """Step the simulated clock forward and fill what the tape allows on the way."""
@@ -564,25 +719,29 @@ class Gateway:
         reqId = int(f[1])
         contract = self._resolve(f[2], f[3], f[4], f[11])
         if contract is None or not self.market.has(contract.symbol):
-            session.send(msg.error(reqId, 200))
+            session.error(reqId, 200)
+            return
+        if {contract.symbol, None} & self.noPermissions:
+            logger.warning("reqId %d %s: no market data permissions (162)", reqId, contract.symbol)
+            session.error(reqId, 162, msg.NO_PERMISSIONS_TEXT.format(exchange=_exchangeCode(contract)))
             return
         key = HistRequestKey(contract.symbol, f[9], f[19], f[15], f[17], f[16], f[18] == "1")
         try:
             barSeconds = parseBarSize(f[16])
         except HistoryError as exc:
-            session.send(msg.error(reqId, 321, f"Error validating request.-'bP' : cause - {exc}"))
+            session.error(reqId, 321, f"Error validating request.-'bP' : cause - {exc}")
             return
         violation = self.pacing.check(key, self.clock.now().timestamp(), len(self.pendingHist), barSeconds)
         if violation is not None:
             logger.warning("pacing violation reqId %d %s: %s", reqId, contract.symbol, violation)
-            session.send(msg.error(reqId, 162, msg.PACING_TEXT))
+            session.error(reqId, 162, msg.PACING_TEXT)
             return
         pending = PendingHist(session, reqId, f)
         fault = self._takeHistFault(contract.symbol)
         if fault is not None and fault.mode == "pacing":
             logger.warning("pacing violation reqId %d %s: injected (another client used the allowance)", reqId,
                            contract.symbol)
-            session.send(msg.error(reqId, 162, msg.PACING_TEXT))
+            session.error(reqId, 162, msg.PACING_TEXT)
         elif fault is not None and fault.mode == "withhold":
             logger.warning("withholding historical answer reqId %d", reqId)
             self.pendingHist[(id(session), reqId)] = pending
@@ -620,19 +779,19 @@ class Gateway:
         try:
             frame = self.market.history(symbol, now, end, duration=f[17], barSize=f[16], useRth=f[18] == "1")
         except HistoryError as exc:
-            session.send(msg.error(reqId, 162, f"{msg.TEXT[162]}{exc}"))
+            session.error(reqId, 162, f"{msg.TEXT[162]}{exc}")
             return
         if frame.empty:
-            session.send(msg.error(reqId, 162, f"{msg.TEXT[162]}HMDS query returned no data: "
-                                               f"{symbol}@SMART Trades"))
+            session.error(reqId, 162, f"{msg.TEXT[162]}HMDS query returned no data: {symbol}@SMART Trades")
             return
         daily = parseBarSize(f[16]) >= 86400
-        bars = [[formatBarTime(int(r.start), int(r.etDate), f[20], daily), r.open, r.high, r.low, r.close,
-                 float(r.volume), float(r.average), int(r.barCount)] for r in frame.itertuples()]
+        bars = [msg.Bar(formatBarTime(int(r.start), int(r.etDate), f[20], daily), float(r.open), float(r.high),
+                        float(r.low), float(r.close), float(r.volume), float(r.average), int(r.barCount))
+                for r in frame.itertuples()]
         endText = (end or now).astimezone(_ZONE)
         startText = pd.Timestamp(int(frame["start"].iloc[0]), tz=UTC).tz_convert(_ZONE)
-        session.send(msg.historicalData(reqId, f"{startText:%Y%m%d %H:%M:%S}", f"{endText:%Y%m%d %H:%M:%S}",
-                                        bars))
+        session.send(session.wire.historicalData(reqId, f"{startText:%Y%m%d %H:%M:%S}",
+                                                 f"{endText:%Y%m%d %H:%M:%S}", bars))
 
     def _cancelHistoricalData(self, session: Session, f: list[str]) -> None:
         reqId = int(f[2])
@@ -641,7 +800,7 @@ class Gateway:
             return
         if pending.task is not None:
             pending.task.cancel()
-        session.send(msg.error(reqId, 162, f"{msg.TEXT[162]}API historical data query cancelled: {reqId}"))
+        session.error(reqId, 162, f"{msg.TEXT[162]}API historical data query cancelled: {reqId}")
 
     # -- faults -----------------------------------------------------------------------------------
     def dropConnections(self) -> int:
@@ -684,7 +843,7 @@ class Gateway:
         self.broker.paused = True
         for session in self._ready():
             for code in (1100, *msg.FARM_BROKEN):
-                session.send(msg.error(-1, code))
+                session.error(-1, code)
 
     def restoreConnectivity(self, dataLost: bool = False) -> None:
         """End a server reset: farm-OK notices and 1102 (or 1101 when ``dataLost``)."""
@@ -692,8 +851,8 @@ class Gateway:
         self.broker.paused = False
         for session in self._ready():
             for code in msg.FARM_OK:
-                session.send(msg.error(-1, code))
-            session.send(msg.error(-1, 1101 if dataLost else 1102))
+                session.error(-1, code)
+            session.error(-1, 1101 if dataLost else 1102)
         self.process()
 
     async def nightlyReset(self, downSeconds: float, dataLost: bool = False) -> None:
@@ -701,6 +860,11 @@ class Gateway:
         self.loseConnectivity()
         await asyncio.sleep(downSeconds)
         self.restoreConnectivity(dataLost)
+
+
+def _exchangeCode(contract: StockContract) -> str:
+    """Return the exchange IB names in a permissions error: ISLAND for NASDAQ listings."""
+    return "ISLAND" if contract.primaryExchange == "NASDAQ" else contract.primaryExchange
 
 
 def _optFloat(text: str) -> float | None:

@@ -13,10 +13,10 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from ibsim.broker import Execution, Position, SimOrder
+from ibsim.broker import RACE_CODES, Execution, Position, SimOrder
 from ibsim.clock import SimClock
 from ibsim.market import Market
-from ibsim.server import Gateway, HistFault, RequestRecord, SimConfig
+from ibsim.server import CommissionFault, Gateway, HistFault, RequestRecord, SimConfig
 
 logger = logging.getLogger(__name__)
 
@@ -214,6 +214,66 @@ class IBSim:
                 policy.maxFillQtyBySymbol[symbol.upper()] = maxQty
 
         self._call(apply)
+
+    def raceCancelWithFill(self, symbol: str | None = None, code: int = 10148) -> None:
+        """Make the next cancel of a working order (for ``symbol``) lose the race with a fill.
+
+        The order fills at the exchange just before the cancel arrives: the client first gets error ``code``
+        (10148 "… cannot be cancelled, state: Filled." or 161 "Cancel attempted when order is not in a
+        cancellable state."), then the Filled status, the execution and its commission report.
+        """
+        if code not in RACE_CODES:
+            raise ValueError(f"code {code}: a cancel racing a fill is answered with 10148 or 161")
+        key = symbol.upper() if symbol else None
+        self._call(lambda: self.gateway.broker.raceCancel.__setitem__(key, code))
+
+    def cancelByOtherClient(self, orderId: int, clientId: int | None = None) -> SimOrder:
+        """Cancel an order as another client (TWS, a second session) would, e.g. while its owner is away.
+
+        The owner, if connected, sees Cancelled + 202; once reconnected it finds the order among the
+        completed orders (``reqCompletedOrders``), no longer among the open ones.
+        """
+        return self._call(lambda: self.gateway.cancelByOther(orderId, clientId))
+
+    def fillByOtherClient(self, orderId: int, price: float | None = None,
+                          clientId: int | None = None) -> SimOrder:
+        """Fill the rest of a working order now, outside its owner's control (at ``price``, else its limit or
+        stop price, else the last print); its execution and commission report reach the owner if connected."""
+        return self._call(lambda: self.gateway.fillByOther(orderId, price, clientId))
+
+    def delayCommissionReports(self, seconds: float, count: int = 1, symbol: str | None = None) -> None:
+        """Hold back the commission reports of the next ``count`` executions ``seconds`` of simulated time
+        (released as the clock passes; reqExecutions includes them only once due)."""
+        fault = CommissionFault(float(seconds), count, symbol.upper() if symbol else None)
+        self._call(lambda: self.gateway.commissionFaults.append(fault))
+
+    def dropCommissionReports(self, count: int = 1, symbol: str | None = None) -> None:
+        """Never push the commission reports of the next ``count`` executions (reqExecutions still has them)."""
+        fault = CommissionFault(None, count, symbol.upper() if symbol else None)
+        self._call(lambda: self.gateway.commissionFaults.append(fault))
+
+    def denyMarketData(self, symbol: str | None = None) -> None:
+        """Answer historical requests (for ``symbol``, else all) with 162 "No market data permissions for …"
+        until :meth:`grantMarketData`; distinct from the pacing 162."""
+        key = symbol.upper() if symbol else None
+        self._call(lambda: self.gateway.noPermissions.add(key))
+
+    def grantMarketData(self, symbol: str | None = None) -> None:
+        """Undo :meth:`denyMarketData` (for ``symbol``, else every denial)."""
+        key = symbol.upper() if symbol else None
+        denied = self.gateway.noPermissions
+
+        def grant() -> None:
+            if key is None:
+                denied.clear()
+            else:
+                denied.discard(key)
+
+        self._call(grant)
+
+    def completedOrders(self) -> list[SimOrder]:
+        """Return the orders that ended today (what ``reqCompletedOrders`` answers), oldest first."""
+        return self._call(lambda: self.gateway.broker.completed(self.clock.now()))
 
     def setPacing(self, enabled: bool) -> None:
         """Turn historical-data pacing on or off (history of requests is kept)."""

@@ -2,68 +2,54 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from ib_async import IB, MarketOrder, Stock
+from ib_async import IB, LimitOrder, MarketOrder, Stock, StopOrder
 
+from tests.compat.compat_support import Control, free_port, wait_for_port
 from tests.integration.conftest import make_bars
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"ibsim exited with {proc.returncode}"
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"ibsim did not listen on {port}")
-
-
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[int, Callable[[str], str]]]:
+def _serve(tmp_path: Path, *extra: str) -> Iterator[tuple[int, Callable[[str], str]]]:
     frame = make_bars("AAPL", 7, 185.0)
     csv = tmp_path / "AAPL_1min.csv"
     pd.DataFrame({"datetime": [t.isoformat() for t in frame.index], **{c: frame[c] for c in frame.columns}}).to_csv(
         csv, index=False)
-    port, control = _free_port(), _free_port()
+    port, controlPort = free_port(), free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "ibsim", "--port", str(port), "--data", str(csv), "--start", "2024-01-04 10:00",
-         "--speed", "30", "--control-port", str(control), "--log-level", "WARNING"],
+         "--control-port", str(controlPort), "--log-level", "WARNING", *extra],
         cwd=REPO, stdin=subprocess.DEVNULL)
-    _wait_for_port(control, proc)
-    link = socket.create_connection(("127.0.0.1", control), timeout=5)
-    replies = link.makefile("rb")
-
-    def command(line: str) -> str:
-        link.sendall(line.encode() + b"\n")
-        lines = []
-        while (reply := replies.readline().decode().rstrip("\n")) != "":
-            lines.append(reply)
-        return "\n".join(lines)
-
+    control = None
     try:
-        yield port, command
+        wait_for_port(controlPort, proc)
+        control = Control(controlPort)
+        yield port, control
     finally:
-        link.close()
+        if control is not None:
+            control.close()
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[int, Callable[[str], str]]]:
+    """``python -m ibsim`` at 30× real time."""
+    yield from _serve(tmp_path, "--speed", "30")
+
+
+@pytest.fixture
+def served_gbp(tmp_path: Path) -> Iterator[tuple[int, Callable[[str], str]]]:
+    """``python -m ibsim`` with a stepped clock, a GBP account and server version 176."""
+    yield from _serve(tmp_path, "--speed", "0", "--base-currency", "GBP", "--usd-to-base", "0.8",
+                      "--server-version", "176")
 
 
 def test_cli_serves_files_on_a_running_clock_and_takes_fault_commands(
@@ -96,5 +82,67 @@ def test_cli_serves_files_on_a_running_clock_and_takes_fault_commands(
         assert errors.index(1100) < errors.index(1102)
         assert ib.isConnected()
         assert command("bogus").startswith("error")
+    finally:
+        ib.disconnect()
+
+
+def test_cli_models_a_real_gateway_through_control_commands(
+        served_gbp: tuple[int, Callable[[str], str]], wait_until: Callable[..., None]) -> None:
+    port, command = served_gbp
+    ib = IB()
+    errors: list[tuple[int, int, str]] = []
+    ib.errorEvent += lambda reqId, code, text, *_: errors.append((reqId, code, text))
+    ib.connect("127.0.0.1", port, clientId=1, timeout=5)
+    try:
+        assert ib.client.serverVersion() == 176
+        values = {(v.tag, v.currency): v.value for v in ib.accountValues()}
+        assert values[("NetLiquidation", "GBP")] == "1000000.00"
+        (aapl,) = ib.qualifyContracts(Stock("AAPL", "SMART", "USD"))
+        assert command("no-permissions AAPL").startswith("ok")
+        assert not ib.reqHistoricalData(aapl, "", "600 S", "1 min", "TRADES", True)
+        assert errors[-1][1:] == (162, "Historical Market Data Service error message:No market data permissions "
+                                       "for ISLAND STK")
+        assert command("grant-permissions") == "ok"
+        assert command("advance 20").startswith("2024-01-04T10:00:20")
+        assert ib.reqHistoricalData(aapl, "", "600 S", "1 min", "TRADES", True)
+
+        resting = ib.placeOrder(aapl, LimitOrder("BUY", 100, 150.0))
+        wait_until(ib, lambda: resting.orderStatus.status == "Submitted")
+        assert f"order 1/{resting.order.orderId} BUY 100 AAPL LMT Submitted DAY" in command("status")
+        assert command(f"cancel-order {resting.order.orderId}").endswith("Cancelled")
+        wait_until(ib, lambda: resting.orderStatus.status == "Cancelled")
+
+        racing = ib.placeOrder(aapl, LimitOrder("SELL", 100, 250.0))
+        wait_until(ib, lambda: racing.orderStatus.status == "Submitted")
+        assert command("race-cancel 161 AAPL").startswith("ok")
+        ib.cancelOrder(racing.order)
+        wait_until(ib, lambda: racing.orderStatus.status == "Filled")
+        assert (racing.order.orderId, 161) in [(r, c) for r, c, _ in errors]
+
+        assert command("delay-commission 30") == "ok"
+        cover = ib.placeOrder(aapl, MarketOrder("BUY", 100))
+        wait_until(ib, lambda: cover.orderStatus.status == "Submitted")
+        command("advance 10")  # the stepped clock reaches the next print
+        wait_until(ib, lambda: len(cover.fills) == 1)
+        ib.sleep(0.1)
+        assert cover.fills[0].commissionReport.execId == ""
+        command("advance 31")
+        wait_until(ib, lambda: cover.fills[0].commissionReport.commission == 1.0)
+        assert command("drop-commission 1 AAPL") == "ok"
+
+        stop = ib.placeOrder(aapl, StopOrder("SELL", 100, 100.0))
+        away = ib.placeOrder(aapl, LimitOrder("BUY", 50, 150.0))
+        wait_until(ib, lambda: away.orderStatus.status == "Submitted" and stop.orderStatus.status == "Submitted")
+        ib.disconnect()
+        assert command(f"fill-order {away.order.orderId} 151.5 1").startswith("ok 1/")
+        command("advance 21600")  # past the close: the DAY stop expires
+        ib.connect("127.0.0.1", port, clientId=1, timeout=5)
+        assert [(f.execution.orderId, f.execution.price) for f in ib.fills()
+                if f.execution.orderId == away.order.orderId] == [(away.order.orderId, 151.5)]
+        assert not ib.openTrades()
+        done = command("completed")
+        assert "Cancelled by another client" in done
+        assert "Cancelled by System" in done
+        assert done.count(" Filled (Filled Size") == 3
     finally:
         ib.disconnect()

@@ -8,9 +8,9 @@ import time
 from collections.abc import Callable
 
 import pytest
-from ib_async import IB, Stock
+from ib_async import IB, MarketOrder, Stock
 
-from ibsim import IBSim
+from ibsim import IBSim, SimConfig
 from tests.integration.conftest import SIM_START
 
 
@@ -22,7 +22,7 @@ def test_connect_completes_startup_sync_at_once(sim: IBSim) -> None:
     ib.connect(sim.host, sim.port, clientId=3, timeout=4)
     try:
         assert time.monotonic() - started < 1.0
-        assert ib.client.serverVersion() == 157
+        assert ib.client.serverVersion() == 178  # ib_async 2.1's maximum, as a real gateway negotiates
         assert ib.managedAccounts() == [sim.account]
         assert {2104, 2106, 2158} <= set(errors)
         names = [r.name for r in sim.requests()]
@@ -39,16 +39,63 @@ def test_current_time_is_the_simulated_time(ib: IB, sim: IBSim) -> None:
     assert (ib.reqCurrentTime() - SIM_START).total_seconds() == 300
 
 
-def _handshake(port: int, versions: bytes) -> bytes:
+def _handshake(port: int, versions: bytes) -> list[list[bytes]]:
+    """Send the handshake; return every frame received until the server closes or goes quiet."""
+    frames: list[list[bytes]] = []
     with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
         s.sendall(b"API\0" + struct.pack(">I", len(versions)) + versions)
-        return s.recv(1024)
+        buffer = b""
+        try:
+            while chunk := s.recv(4096):
+                buffer += chunk
+                if not versions.startswith(b"v180") and not versions.startswith(b"v100..150"):
+                    break
+        except TimeoutError:
+            pass
+    while len(buffer) >= 4:
+        size = struct.unpack(">I", buffer[:4])[0]
+        frames.append(buffer[4:4 + size].split(b"\0")[:-1])
+        buffer = buffer[4 + size:]
+    return frames
 
 
 def test_server_version_never_exceeds_the_clients_maximum(sim: IBSim) -> None:
-    reply = _handshake(sim.port, b"v157..300")
-    assert reply[4:].split(b"\0")[0] == b"157"
-    assert _handshake(sim.port, b"v180..200") == b""  # the client's minimum is above what ibsim speaks
+    assert _handshake(sim.port, b"v157..300")[0][0] == b"178"
+    assert _handshake(sim.port, b"v157..176")[0][0] == b"176"
+    assert _handshake(sim.port, b"v100..157")[0][0] == b"157"
+
+
+def test_client_outside_the_served_versions_gets_a_clear_refusal_then_eof(sim: IBSim) -> None:
+    reply, refusal = _handshake(sim.port, b"v180..200")
+    assert reply[0] == b"178"
+    assert refusal[:4] == [b"4", b"2", b"-1", b"503"]
+    assert b"157..178" in refusal[4]
+    reply, refusal = _handshake(sim.port, b"v100..150")
+    assert reply[0] == b"150"
+    assert refusal == [b"4", b"2", b"-1", b"506", refusal[4]]  # 5 fields: the layout a v150 client reads
+    assert refusal[4].startswith(b"Unsupported version")
+
+
+@pytest.mark.parametrize("sim_config", [SimConfig(serverVersion=v) for v in (157, 166, 176)],
+                         ids=["v157", "v166", "v176"])
+def test_ib_async_trades_at_an_older_server_version(sim: IBSim, sim_config: SimConfig,
+                                                    wait_until: Callable[..., None]) -> None:
+    ib = IB()
+    errors: list[int] = []
+    ib.errorEvent += lambda reqId, code, *_: errors.append(code)
+    ib.connect(sim.host, sim.port, clientId=4, timeout=4)
+    try:
+        assert ib.client.serverVersion() == sim_config.serverVersion
+        assert {2104, 2106, 2158} <= set(errors)  # errors decode at every version
+        (contract,) = ib.qualifyContracts(Stock("AAPL", "SMART", "USD"))
+        bars = ib.reqHistoricalData(contract, "", "1800 S", "1 min", "TRADES", useRTH=True)
+        assert len(bars) == 31
+        trade = ib.placeOrder(contract, MarketOrder("BUY", 10))
+        wait_until(ib, lambda: trade.orderStatus.status == "Filled" and len(trade.fills) == 1)
+        assert trade.fills[0].commissionReport.commission == 1.0
+        wait_until(ib, lambda: [p.position for p in ib.positions()] == [10])
+    finally:
+        ib.disconnect()
 
 
 def test_qualify_contracts_fills_in_conid_and_primary_exchange(ib: IB) -> None:

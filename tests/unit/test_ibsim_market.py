@@ -156,3 +156,32 @@ def test_position_cash_and_realized_pnl_through_a_flip() -> None:
     values = broker.accountValues(clock.now())
     assert values["NetLiquidation"] == pytest.approx(broker.cash - 200 * 11.0)
     assert [e.realizedPNL for e in broker.executions] == [None, pytest.approx(98.5)]
+
+
+@pytest.mark.parametrize(("placed", "tif", "outsideRth", "expires"), [
+    ("2024-01-04 10:00", "DAY", False, "2024-01-04 16:00"),
+    ("2024-01-04 10:00", "DAY", True, "2024-01-04 20:00"),  # valid through the after-hours session
+    ("2024-01-04 17:00", "DAY", False, "2024-01-05 16:00"),  # placed after the close: tomorrow's session
+    ("2024-01-05 17:00", "DAY", False, "2024-01-08 16:00"),  # a Friday evening order waits for Monday
+    ("2024-01-04 10:00", "GTC", False, None),
+])
+def test_day_orders_expire_at_the_close_of_their_session(placed: str, tif: str, outsideRth: bool,
+                                                         expires: str | None) -> None:
+    order = _order(1, "BUY", 100)
+    order.tif, order.outsideRth = tif, outsideRth
+    order.placedAt = pd.Timestamp(placed, tz="America/New_York").to_pydatetime()
+    due = order.expiresAt()
+    assert (None if due is None else pd.Timestamp(due).tz_convert("America/New_York").strftime("%Y-%m-%d %H:%M")
+            ) == expires
+
+
+def test_gbp_account_keeps_its_cash_in_gbp_and_borrows_the_usd_it_trades() -> None:
+    broker = Broker(_market(), "DU1", initialCash=10_000.0, baseCurrency="GBP", usdToBase=0.8)
+    assert set(broker.ledger(T0)) == {"BASE", "GBP"}
+    broker.placeOrder(_order(1, "BUY", 100), T0)  # 100 @ 10.00, $1
+    ledger = broker.ledger(T0)
+    assert ledger["USD"]["CashBalance"] == pytest.approx(-1001.0)
+    assert ledger["USD"]["StockMarketValue"] == pytest.approx(1000.0)
+    assert ledger["GBP"]["CashBalance"] == 10_000.0
+    assert ledger["BASE"]["CashBalance"] == pytest.approx(10_000 - 0.8 * 1001)
+    assert broker.accountValues(T0)["NetLiquidation"] == pytest.approx(10_000 - 0.8)
