@@ -163,6 +163,7 @@ class Session:
         self.multi: set[int] = set()
         self.summary: dict[int, list[str]] = {}
         self.closed = False
+        self.handled = 0  # messages after the handshake, handled in arrival order (tests wait on this)
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
 
@@ -328,6 +329,12 @@ class Gateway:
                 await session.writer.drain()
 
     def _dispatch(self, session: Session, fields: list[str]) -> None:
+        try:
+            self._handleMessage(session, fields)
+        finally:
+            session.handled += 1
+
+    def _handleMessage(self, session: Session, fields: list[str]) -> None:
         try:
             msgId = int(fields[0])
         except ValueError:

@@ -285,6 +285,16 @@ class IBSim:
         """Return the requests received so far (optionally only those named ``name``)."""
         return self._call(lambda: [r for r in self.gateway.requests if name is None or r.name == name])
 
+    def messagesHandled(self, clientId: int) -> int:
+        """Return how many messages the open connection of ``clientId`` has had handled since its handshake.
+
+        The client's own count of messages sent (ib_async: ``ib.client.conn.numMsgSent``, the handshake
+        included) minus one equals this once the simulator has acted on everything the client sent: tests wait
+        on that instead of sleeping. 0 when ``clientId`` has no open connection.
+        """
+        return self._call(lambda: max((s.handled for s in self.gateway.sessions
+                                       if s.clientId == clientId and not s.closed), default=0))
+
     def orders(self) -> list[SimOrder]:
         """Return every order ever placed, in arrival order."""
         return self._call(lambda: sorted(self.gateway.broker.orders.values(), key=lambda o: o.permId))

@@ -66,6 +66,7 @@ class Heartbeat:
             "live_bars": hooks.live_bars,
             "last_bar": None if not math.isfinite(last) else bt.num2date(last).replace(tzinfo=UTC).isoformat(),
             "feeds": {d._name: d._getstatusname(d._laststatus) for d in self.feeds},
+            "warmed_up": all(d.tracker.warmed_up for d in self.feeds),
         }
 
 

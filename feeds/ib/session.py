@@ -107,6 +107,11 @@ class IBSession:
         return bool(self.ib.isConnected())
 
     @property
+    def connectivity_lost(self) -> bool:
+        """Return True after IB's 1100 (connectivity between IB and the gateway lost) until 1101/1102."""
+        return self._ib_paused
+
+    @property
     def entries_paused(self) -> bool:
         """Return True while new entries must wait: disconnected, or after 1100 until 1101/1102 and re-sync."""
         return self._ib_paused or self._resync_pending or not self.connected

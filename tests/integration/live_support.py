@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -22,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from config.settings import AppConfig, load_config
+from engines.live.heartbeat import heartbeat_path
 from engines.live.node import LiveRun, build_live
 from engines.live.safety import KillSwitch
 from engines.live.state import StateStore, state_path
@@ -37,6 +39,8 @@ logger = logging.getLogger(__name__)
 PAPER = Path(__file__).resolve().parents[2] / "config" / "paper.toml"
 SYMBOLS = ("SYNA", "SYNB", "SYNC")
 STARTING_CASH = 100_000.0
+#: How long a test waits for the engine to handle one bar. Only a hung engine reaches it; load does not.
+SETTLE_TIMEOUT = 300.0
 
 
 class StubModel:
@@ -91,7 +95,7 @@ class LiveDriver:
         live = self.cfg.live.model_copy(update={"host": self.sim.host, "port": self.sim.port})
         self.cfg = self.cfg.model_copy(update={"live": live})
         self.session = IBSession(self.cfg.live, clock=self.sim.now)
-        self.session.connect(timeout=5)
+        self.session.connect(timeout=30)
         self.state = StateStore(state_path(self.cfg))
         self.run = build_live(self.cfg, self.session, self.state, self.model,
                               kill_switch=self.kill_switch or KillSwitch(self.cfg.live.kill_switch_file),
@@ -105,8 +109,14 @@ class LiveDriver:
         strat = self.strategy
         if strat is None:
             return False
-        if self.session.entries_paused:
-            return True  # down: let simulated time pass so the session reconnects and bars accumulate
+        session = self.session
+        if not session.connected:  # reconnect attempts are due on the simulated clock: step once one has failed
+            due = session.next_attempt_at
+            return due is not None and due > self.sim.now()
+        if session.connectivity_lost:
+            return True  # 1100 with the socket up: the simulator decides when 1101/1102 comes, bars go on
+        if session.entries_paused:
+            return False  # reconnected: the re-sync (backfill, reconcile) runs on the engine's next pass
         feeds = strat.datas
         if not all(d.tracker.warmed_up and not d.tracker.queue for d in feeds):
             return False
@@ -120,13 +130,26 @@ class LiveDriver:
         """True while the request budget backs off after a 162: only simulated time can bring the next bar."""
         return BarPoller.for_session(self.session).budget.backoff_seconds(self.sim.now()) > 0.0
 
-    def _wait(self, bars: int, timeout: float = 20.0) -> None:
+    def delivered(self) -> bool:
+        """True once the simulator has acted on every message the engine sent (orders, modifications, cancels)."""
+        client = self.session.ib.client
+        conn = client.conn
+        if not conn.isConnected():
+            return True
+        if client._msgQ:
+            return False
+        return self.sim.messagesHandled(self.cfg.live.client_id) >= conn.numMsgSent - 1  # - the handshake frame
+
+    def _wait(self, bars: int, timeout: float = SETTLE_TIMEOUT) -> None:
+        """Wait until the engine has handled live bar ``bars`` and the simulator has everything it sent.
+
+        The bound is generous on purpose: load makes this slower, never wrong.
+        """
         deadline = time.monotonic() + timeout
-        while not self._settled(bars):
+        while not (self._settled(bars) and self.delivered()):
             if time.monotonic() > deadline:
-                raise AssertionError(f"engine did not settle on live bar {bars}")
+                raise AssertionError(f"engine did not settle on live bar {bars} within {timeout:.0f} s")
             time.sleep(0.005)
-        time.sleep(0.02)  # let modifications and cancels reach the simulator
 
     def play(self, bars: int) -> None:
         """Step ``bars`` minutes, one bar at a time, then stop the engine (state persisted)."""
@@ -171,9 +194,10 @@ def assert_books_match(driver: LiveDriver, sim: IBSim) -> None:
     assert {e.execId for e in sim.fills()} == {f.exec_id for f in driver.state.fills()}
     for d in driver.strategy.datas:
         theirs = sim.positions().get(d._name)
-        assert driver.run.broker.getposition(d).size == (theirs.qty if theirs else 0.0), d._name
         book = driver.strategy.books[d._name]
-        assert book.size == (theirs.qty if theirs else 0.0), d._name
+        seen = (d._name, driver.run.broker.getposition(d).size, book, theirs)
+        assert driver.run.broker.getposition(d).size == (theirs.qty if theirs else 0.0), seen
+        assert book.size == (theirs.qty if theirs else 0.0), seen
     assert driver.state.get_value("risk") == driver.strategy.risk.to_dict()
 
 
@@ -227,13 +251,57 @@ def bars_decided(log: Path, bar: pd.Timestamp) -> bool:
     return sum(1 for line in log.read_text().splitlines() if json.loads(line)["time"] == stamp) >= len(SYMBOLS)
 
 
-def step_bar(ctl: Control, log: Path, minutes: int = 1, wait: float = 6.0) -> pd.Timestamp:
-    """Advance the simulator by ``minutes`` and wait until the trader decided the closed bar."""
-    now = pd.Timestamp(ctl(f"advance {60 * minutes}"))
-    deadline = time.monotonic() + wait
-    while not bars_decided(log, now - pd.Timedelta(minutes=1)) and time.monotonic() < deadline:
+#: Journal statuses of an order still in flight: held for a confirmation, sent and not acknowledged, or cancelling.
+IN_FLIGHT = ("Intent", "PendingSubmit", "ApiPending", "PendingCancel")
+
+
+def journal_in_flight(db: Path) -> int:
+    """Return how many orders of the trader's journal (``db``, opened read-only) are still in flight."""
+    if not db.exists():
+        return 0
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        marks = ", ".join("?" * len(IN_FLIGHT))
+        return int(con.execute(f"SELECT count(*) FROM orders WHERE status IN ({marks})", IN_FLIGHT).fetchone()[0])
+    except sqlite3.OperationalError:  # no table yet: the trader has not started
+        return 0
+    finally:
+        con.close()
+
+
+def wait_until(done: Callable[[], bool], what: str, timeout: float = SETTLE_TIMEOUT) -> None:
+    """Poll ``done`` until it holds; fail naming ``what`` after ``timeout`` seconds (only a hung trader gets there)."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:.0f} s")
         time.sleep(0.02)
-    time.sleep(0.25)  # exits wait for cancel confirmations; let them reach the simulator
+
+
+def wait_ready(cfg: AppConfig, pid: int) -> None:
+    """Wait until the trader process ``pid`` is connected and every feed has its warm-up history (its heartbeat)."""
+    path = heartbeat_path(cfg)
+
+    def ready() -> bool:
+        try:
+            beat = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return False
+        return beat.get("pid") == pid and bool(beat.get("connected")) and bool(beat.get("warmed_up"))
+
+    wait_until(ready, f"trader {pid} connected and warmed up")
+
+
+def step_bar(ctl: Control, log: Path, db: Path, minutes: int = 1) -> pd.Timestamp:
+    """Advance the simulator by ``minutes``; wait until the trader decided the closed bar and nothing is in flight.
+
+    ``db`` is the trader's state store: its orders are in flight while held for a cancel confirmation, sent
+    and not acknowledged, or being cancelled.
+    """
+    now = pd.Timestamp(ctl(f"advance {60 * minutes}"))
+    bar = now - pd.Timedelta(minutes=1)
+    wait_until(lambda: bars_decided(log, bar), f"decision lines of the bar {bar}")
+    wait_until(lambda: journal_in_flight(db) == 0, f"orders in flight after the bar {bar}")
     return now
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -305,7 +306,8 @@ def test_healthcheck_reports_a_stuck_trader_loop_and_an_ib_disconnection(tmp_pat
                                                                          alive_pid: int) -> None:
     rc, out = _health(tmp_path, listener, alive_pid, bar_age=10, heartbeat_age=600)
     assert rc == 1
-    assert "FAIL heartbeat: heartbeat-mlx.json is 600s old" in out
+    # 600 s when written, a second or two more by the time a loaded machine runs the check
+    assert re.search(r"FAIL heartbeat: heartbeat-mlx\.json is 60\ds old", out), out
     assert "UNHEALTHY: heartbeat" in out
     rc, out = _health(tmp_path, listener, alive_pid, bar_age=10, connected=False)
     assert rc == 1
@@ -380,12 +382,13 @@ def test_tmux_launcher_runs_ibsim_and_run_live_trades_then_stops_cleanly(tmp_pat
         assert _tmux(env, "start").returncode == 0  # already running: no second session
         ctl = ls.Control(cport)
         log = tmp_path / "logs" / f"decisions-{DAY}.jsonl"
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + ls.SETTLE_TIMEOUT
         while "paper trading" not in _pane(env, "trader"):
             assert time.monotonic() < deadline, _pane(env, "trader")
             time.sleep(0.2)
+        ls.wait_ready(cfg, int((tmp_path / "run" / "trader.pid").read_text()))
         for _ in range(40):
-            ls.step_bar(ctl, log)
+            ls.step_bar(ctl, log, state_path(cfg))
             if ls.sim_positions(ctl):
                 break
         assert ls.sim_positions(ctl), "no entry within 40 bars"

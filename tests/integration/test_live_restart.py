@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -30,17 +29,18 @@ def test_sigkill_mid_day_then_restart_keeps_trades_clocks_and_risk_state(tmp_pat
     for item in ls.live_overrides(tmp_path, *extra):
         argv += ["--set", item]
     log = tmp_path / "logs" / f"decisions-{DAY}.jsonl"
+    db = state_path(cfg)
     live = None
     try:
         ctl = ls.Control(cport)
         live = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL)
-        time.sleep(4.0)  # connect and warm up on the stopped clock
+        ls.wait_ready(cfg, live.pid)  # connected and warmed up on the stopped clock
         for _ in range(40):
-            ls.step_bar(ctl, log)
+            ls.step_bar(ctl, log, db)
             if ls.sim_positions(ctl):
                 break
         assert ls.sim_positions(ctl), "no entry within 40 bars"
-        ls.step_bar(ctl, log)
+        ls.step_bar(ctl, log, db)
         live.send_signal(signal.SIGKILL)
         assert live.wait(10) == -signal.SIGKILL
         store = StateStore(state_path(cfg))
@@ -49,9 +49,9 @@ def test_sigkill_mid_day_then_restart_keeps_trades_clocks_and_risk_state(tmp_pat
         assert before["books"], "the open trade was persisted"
         ctl("advance 180")  # three bars pass while we are dead
         live = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL)
-        time.sleep(4.0)
+        ls.wait_ready(cfg, live.pid)
         for _ in range(14):
-            ls.step_bar(ctl, log)
+            ls.step_bar(ctl, log, db)
         live.send_signal(signal.SIGTERM)
         assert live.wait(30) == 0
         store = StateStore(state_path(cfg))
