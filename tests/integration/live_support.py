@@ -105,10 +105,8 @@ class LiveDriver:
     def strategy(self) -> Any:
         return self.run.hooks.strategy
 
-    def _settled(self, bars: int) -> bool:
-        strat = self.strategy
-        if strat is None:
-            return False
+    def _connection_settled(self) -> bool | None:
+        """While the connection is not normal, whether simulated time may pass now; None when it is normal."""
         session = self.session
         if not session.connected:  # reconnect attempts are due on the simulated clock: step once one has failed
             due = session.next_attempt_at
@@ -117,8 +115,16 @@ class LiveDriver:
             return True  # 1100 with the socket up: the simulator decides when 1101/1102 comes, bars go on
         if session.entries_paused:
             return False  # reconnected: the re-sync (backfill, reconcile) runs on the engine's next pass
-        feeds = strat.datas
-        if not all(d.tracker.warmed_up and not d.tracker.queue for d in feeds):
+        return None
+
+    def _settled(self, bars: int) -> bool:
+        strat = self.strategy
+        if strat is None:
+            return False
+        connection = self._connection_settled()
+        if connection is not None:
+            return connection
+        if not all(d.tracker.warmed_up and not d.tracker.queue for d in strat.datas):
             return False
         if bars and not self.held_back():
             last_closed = bt.date2num((self.sim.now() - timedelta(minutes=1)).replace(tzinfo=None))
