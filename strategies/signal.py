@@ -14,16 +14,23 @@ from __future__ import annotations
 import logging
 import math
 from array import array
+from functools import lru_cache
 
 import backtrader as bt
 import numpy as np
 import pandas as pd
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from feeds.pandas_feed import from_bt_num
 from ml.features import WARMUP_BARS, compute_features, live_window_bars, usable_rows
 
 logger = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=1)
+def _thread_pools() -> ThreadpoolController:
+    """Return the native thread pools loaded once the model is (scanning them costs ~8 ms; once, not per bar)."""
+    return ThreadpoolController()
 
 
 def _frame_from_lines(data: bt.feed.DataBase, start: int, end: int) -> pd.DataFrame:
@@ -93,7 +100,7 @@ class MLSignal(_SignalBase):
             self.lines.p_up[0] = math.nan
             return
         # One row: OpenMP threads only add overhead (0.4 ms alone vs ~0.4 s on two busy cores).
-        with threadpool_limits(limits=1, user_api="openmp"):
+        with _thread_pools().limit(limits=1, user_api="openmp"):
             self.lines.p_up[0] = float(self.p.model.predict_p_up(row)[0])
 
     def oncestart(self, start: int, end: int) -> None:
