@@ -9,23 +9,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON=${PYTHON:-python3}
+# shellcheck source=.ci/compat_venv.sh
+source .ci/compat_venv.sh
 VENV=${IB_INSYNC_VENV:-.venv-ib_insync}
-
-pin() {  # the pinned requirement line for one package, from requirements.txt
-    grep -iE "^$1==" requirements.txt || { echo "error: $1 is not pinned in requirements.txt" >&2; exit 2; }
-}
-REQS=("ib_insync==0.9.86" "$(pin pandas)" "$(pin numpy)" "$(pin pyarrow)" "$(pin exchange_calendars)" "$(pin pydantic)"
-      "$(pin tomli_w)")
-
-if [ ! -x "$VENV/bin/python" ]; then
-    "$PYTHON" -m venv "$VENV"
-fi
-stamp="$VENV/.requirements"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "${REQS[*]}" ]; then
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${REQS[@]}"
-    echo "${REQS[*]}" > "$stamp"
-fi
+compat_venv "$VENV" "ib_insync==0.9.86"
 if "$VENV/bin/python" -c "import ib_async" 2>/dev/null; then
     echo "error: $VENV has ib_async installed; ib_insync needs a venv of its own" >&2
     exit 2

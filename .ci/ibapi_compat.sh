@@ -9,22 +9,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON=${PYTHON:-python3}
+# shellcheck source=.ci/compat_venv.sh
+source .ci/compat_venv.sh
 VENV=${IBAPI_VENV:-.venv-ibapi}
-
-pin() {  # the pinned requirement line for one package, from requirements.txt
-    grep -iE "^$1==" requirements.txt || { echo "error: $1 is not pinned in requirements.txt" >&2; exit 2; }
-}
-REQS=("ibapi==9.81.1.post1" "$(pin pandas)" "$(pin numpy)" "$(pin pyarrow)" "$(pin exchange_calendars)"
-      "$(pin pydantic)" "$(pin tomli_w)")
-
-if [ ! -x "$VENV/bin/python" ]; then
-    "$PYTHON" -m venv "$VENV"
-fi
-stamp="$VENV/.requirements"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "${REQS[*]}" ]; then
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${REQS[@]}"
-    echo "${REQS[*]}" > "$stamp"
-fi
+compat_venv "$VENV" "ibapi==9.81.1.post1"
 
 exec "$VENV/bin/python" tests/compat/ibapi_smoke.py
