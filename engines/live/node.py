@@ -25,7 +25,7 @@ from typing import Any
 import backtrader as bt
 
 from config.settings import AppConfig, bar_size_minutes
-from core.calendar import exchange_day
+from core.calendar import exchange_day, to_exchange, to_utc
 from core.costs import IBKRCommission, commission_function
 from core.records import BlockReason
 from engines.live.heartbeat import Heartbeat, heartbeat_path
@@ -117,13 +117,14 @@ class LiveHooks:
             self._after_live_bar(strategy, newest)
 
     def _after_live_bar(self, strategy: Any, newest: float) -> None:
-        t = bt.num2date(newest)
+        t = to_utc(bt.num2date(newest))  # backtrader's times are naive UTC
         live = [d for d in strategy.datas if not getattr(d, "historical", False) and len(d)]
         if live and min(float(d.minutes_to_close[0]) for d in live) <= 0:
             self.write_summary(exchange_day(t))
         if (self.max_bars is not None and self.live_bars >= self.max_bars) or (
-                self.until is not None and t >= self.until.replace(tzinfo=None)):
-            logger.info("bounded run: stopping after %d live bars (last bar %s UTC)", self.live_bars, t)
+                self.until is not None and t >= to_utc(self.until)):
+            logger.info("bounded run: stopping after %d live bars (last bar %s New York)", self.live_bars,
+                        to_exchange(t).strftime("%Y-%m-%d %H:%M"))
             strategy.env.runstop()
 
     def write_summary(self, day: str | None = None) -> dict[str, Any] | None:
@@ -245,7 +246,7 @@ class LiveOptions:
     sim_control: str | None = None  # HOST:PORT of an external ibsim's control port: use its clock
     flatten: bool = False  # cancel all our orders, sell all our positions, exit
     max_bars: int | None = None  # stop after this many live bars
-    until: datetime | None = None  # stop after the bar starting at this time
+    until: datetime | None = None  # stop after the bar starting at this time (tz-aware; naive is UTC)
 
 
 def run_node(cfg: AppConfig, options: LiveOptions) -> int:
