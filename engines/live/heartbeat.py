@@ -71,7 +71,8 @@ class Heartbeat:
             "live_bars": hooks.live_bars,
             "last_bar": None if not math.isfinite(last) else bt.num2date(last).replace(tzinfo=UTC).isoformat(),
             "feeds": {d._name: d._getstatusname(d._laststatus) for d in self.feeds},
-            "warmed_up": all(d.tracker.warmed_up for d in self.feeds),
+            # every feed IB gives bars for has its warm-up history (one without market-data permission has none)
+            "warmed_up": all(d.tracker.warmed_up or d.tracker.no_permission for d in self.feeds),
         }
 
 

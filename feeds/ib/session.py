@@ -76,7 +76,8 @@ class IBSession:
     on_error
         Called with ``(code, kind, reqId, message)`` for every IB error / notice.
     on_alert
-        Called with a message when a disconnection lasts longer than ``alert_after_seconds``.
+        Called with a message when a disconnection lasts longer than ``alert_after_seconds``, and with every other
+        :meth:`alert` (a symbol without market-data permission).
     """
 
     def __init__(self, live_cfg: LiveConfig, *, clock: Callable[[], datetime] | None = None,
@@ -322,13 +323,16 @@ class IBSession:
             return
         self.alerted = True
         what = "disconnected from" if not self.connected else "without IB server connectivity (1100) at"
-        message = (f"IB {what} {self.cfg.host}:{self.cfg.port} for {down:.0f} s "
+        self.alert(f"IB {what} {self.cfg.host}:{self.cfg.port} for {down:.0f} s "
                    f"(alert after {self.cfg.alert_after_seconds:.0f} s); still trying, no new entries")
-        logger.error(message)
+
+    def alert(self, message: str) -> None:
+        """Log ``message`` at ERROR and hand it to every :attr:`on_alert` channel (the engine's webhook)."""
+        logger.error("%s", message)
         for callback in list(self.on_alert):
             try:
                 callback(message)
-            except Exception:  # an alert channel failing must not stop the reconnect loop
+            except Exception:  # an alert channel failing must not stop the caller (reconnect loop, poller)
                 logger.exception("alert callback failed")
 
     def _backoff_delay(self, failures: int) -> float:

@@ -126,7 +126,10 @@ class LiveDriver:
         connection = self._connection_settled()
         if connection is not None:
             return connection
-        if not all(d.tracker.warmed_up and not d.tracker.queue for d in strat.datas):
+        now_ns = int(self.sim.now().timestamp() * 1e9)
+        # a feed without its warm-up history waiting for its next ask (a retry, a back-off) needs simulated time
+        if not all(not d.tracker.queue and (d.tracker.warmed_up or d.tracker.next_poll_ns > now_ns)
+                   for d in strat.datas):
             return False
         if bars and not self.held_back():
             last_closed = bt.date2num((self.sim.now() - timedelta(minutes=1)).replace(tzinfo=None))
