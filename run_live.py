@@ -68,8 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from engines.live.node import LiveOptions, configure_logging, run_node  # noqa: PLC0415 - imports ib_async
     from feeds.ib.errors import NeedsHumanError, TemporaryIBError  # noqa: PLC0415
 
+    try:
+        until = to_exchange(parse_exchange_time(args.until)) if args.until else None  # New York time, as typed
+    except ValueError:
+        print(f"error: --until {args.until!r}: expected 'YYYY-MM-DD HH:MM' (New York time)", file=sys.stderr)
+        return 2
     configure_logging(cfg.live.log_dir, args.quiet)
-    until = to_exchange(parse_exchange_time(args.until)) if args.until else None  # exchange time, as typed
     options = LiveOptions(sim=args.sim, sim_start=args.start, sim_control=args.sim_control, flatten=args.flatten,
                           max_bars=args.max_bars, until=until)
     try:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Daily job after the close (trader-daily.timer, or cron): write the day's summary if the trader did
-# not (it writes it itself after the last bar when it was running), run the backtest with a tearsheet
-# into REPORTS_DIR, compress and prune old per-day logs.
+# not (it writes it itself after the last bar when it was running; a provisional one from a stop
+# mid-day is replaced), run the backtest with a tearsheet into REPORTS_DIR, compress and prune old
+# per-day logs.
 #
 #   deploy/daily.sh            settings from the environment, then $TRADER_ENV_FILE (bootstrap's trader.env)
 #   DAILY_SKIP_BACKTEST=1 deploy/daily.sh

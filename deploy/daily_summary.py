@@ -4,13 +4,15 @@
 
 Reads the trader's SQLite state (closed trades of the day, blocked entries) and writes
 ``summary-DAY.json`` / ``.txt`` into ``live.log_dir``, like the trader does after the last bar. Does nothing
-when the summary exists. Never changes the trader's state and never posts the webhook (the trader does).
+when the trader wrote the final summary; replaces a provisional one (the trader stopped before the close and
+was not back for it). Never changes the trader's state and never posts the webhook (the trader does).
 Exit codes: 0 written or already there, 2 bad config.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -19,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config.settings import CONFIG_DIR, ConfigError, load_config
-from engines.live.reports import daily_summary, format_summary, write_daily_summary
+from engines.live.reports import format_summary, summary_from_store, write_daily_summary
 from engines.live.state import StateStore, state_path
 
 logger = logging.getLogger("daily_summary")
@@ -40,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("%s", exc)
         return 2
     target = Path(cfg.live.log_dir) / f"summary-{args.day}.json"
-    if target.exists():
+    if target.exists() and not json.loads(target.read_text(encoding="utf-8")).get("provisional", False):
         logger.info("summary for %s already written: %s", args.day, target)
         return 0
     path = state_path(cfg)
@@ -49,12 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     store = StateStore(path)
     try:
-        trades = store.trades(args.day)
-        risk = store.get_value("risk") or {}
+        summary = summary_from_store(store, args.day, provisional=False,
+                                     extra={"dry_run": cfg.live.dry_run, "written_by": "deploy/daily_summary.py"})
     finally:
         store.close()
-    summary = daily_summary(args.day, trades, dict(risk.get("blocked", {})),
-                            {"dry_run": cfg.live.dry_run, "written_by": "deploy/daily_summary.py"})
     paths = write_daily_summary(cfg.live.log_dir, summary)
     for line in format_summary(summary).splitlines():
         logger.info("%s", line)

@@ -10,7 +10,8 @@
 #            RUN_DIR/trader.pid (written by trader-tmux.sh)
 #   heartbeat the trader's loop is turning and connected to IB: the newest STATE_DIR/heartbeat-*.json
 #            (rewritten by run_live.py every 10 s, market open or not) is less than HC_MAX_HEARTBEAT_AGE
-#            seconds old (default 120) and does not say "connected": false
+#            seconds old (default 120), does not say "connected": false, and does not say new entries have
+#            been paused (IB down, 1100, re-sync) for more than HC_MAX_PAUSE seconds (default 600)
 #
 #   deploy/healthcheck.sh                 run every check
 #   deploy/healthcheck.sh wait-port [S]   wait up to S seconds (default 600) for the API port (trader.service)
@@ -34,6 +35,7 @@ HC_MAX_BAR_AGE=${HC_MAX_BAR_AGE:-300}
 HC_BAR_CHECK=${HC_BAR_CHECK:-auto}
 HC_UNIT=${HC_UNIT:-}
 HC_MAX_HEARTBEAT_AGE=${HC_MAX_HEARTBEAT_AGE:-120}
+HC_MAX_PAUSE=${HC_MAX_PAUSE:-600}
 
 FAILED=()
 
@@ -134,7 +136,7 @@ check_process() {
 }
 
 check_heartbeat() {
-    local newest age since
+    local newest age since paused
     newest=$(newest_file "$STATE_DIR" 'heartbeat-*.json')
     if [[ -z $newest ]]; then
         fail heartbeat "no heartbeat-*.json in $STATE_DIR: the trader's loop has not started"
@@ -146,6 +148,9 @@ check_heartbeat() {
     elif grep -q '"connected": false' "$newest"; then
         since=$(sed -n 's/.*"down_since": "\([^"]*\)".*/\1/p' "$newest")
         fail heartbeat "the trader reports IB disconnected${since:+ since $since} (it keeps reconnecting)"
+    elif paused=$(sed -n 's/.*"paused_seconds": \([0-9]*\).*/\1/p' "$newest") && ((${paused:-0} > HC_MAX_PAUSE)); then
+        since=$(sed -n 's/.*"paused_since": "\([^"]*\)".*/\1/p' "$newest")
+        fail heartbeat "new entries paused for ${paused}s${since:+ (since $since)}, more than ${HC_MAX_PAUSE}s, with IB connected"
     else
         ok heartbeat "${age}s ago, IB connected ($(basename "$newest"))"
     fi
@@ -174,7 +179,7 @@ main() {
             echo "HEALTHY"
             ;;
         *)
-            sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
             return 2
             ;;
     esac

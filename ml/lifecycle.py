@@ -12,7 +12,7 @@ them (nor the forward-looking :mod:`ml.labels`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,4 +118,25 @@ def load_live_model(cfg: AppConfig, *, train_if_missing: bool) -> ModelBundle:
         train_frames, _ = split_sessions(universe.frames, cfg.model.train_fraction)
         logger.info("no model at %s: training the demo model on %s", path, universe.label)
         train_model(cfg, train_frames, universe.label, progress=False)
-    return ModelBundle.load(path, expect=expected_metadata(cfg))
+    bundle = ModelBundle.load(path, expect=expected_metadata(cfg))
+    log_live_model(bundle, path, cfg.data.symbols)
+    return bundle
+
+
+def log_live_model(bundle: ModelBundle, path: Path, symbols: Sequence[str]) -> None:
+    """Log which model a live run trades (path, file hash, training range and data) and warn when the configured
+    symbols are not the ones it was trained on."""
+    meta = bundle.metadata
+    trained_on = sorted(meta.get("symbols") or [])
+    logger.info("model %s: %s, model.joblib sha256 %s, trained on %s (%d symbols) from %s to %s, data fingerprint "
+                "%s, features v%s, scikit-learn %s", path, meta.get("model_kind", "?"), bundle.sha256[:12],
+                meta.get("data_label", "?"), len(trained_on), meta.get("training_start", "?"),
+                meta.get("training_end", "?"), str(meta.get("data_fingerprint", "?"))[:12],
+                meta.get("feature_version", "?"), meta.get("library_versions", {}).get("scikit-learn", "?"))
+    unseen = sorted(set(symbols) - set(trained_on))
+    if unseen:
+        logger.warning("data.symbols %s are not among the model's training symbols %s: its p_up for them is "
+                       "an extrapolation (retrain on them, or trade the symbols it was trained on)", unseen,
+                       trained_on)
+    elif set(trained_on) - set(symbols):
+        logger.info("trading %d of the model's %d training symbols", len(set(symbols)), len(trained_on))

@@ -7,6 +7,7 @@ versions, CV metrics). joblib files execute code when loaded: load only bundles 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import platform
@@ -99,6 +100,7 @@ class ModelBundle:
     pipeline: Pipeline
     calibrator: Calibrator
     metadata: dict[str, Any] = field(default_factory=dict)
+    sha256: str = ""  # of model.joblib as loaded: the version a live run logs at start ("" before save/load)
 
     def predict_p_up(self, X: np.ndarray) -> np.ndarray:
         """Return calibrated P(trade outcome positive) for feature rows in :data:`FEATURE_NAMES` order."""
@@ -122,6 +124,7 @@ class ModelBundle:
                      lambda p: joblib.dump({"pipeline": self.pipeline, "calibrator": self.calibrator}, p))
         atomic_write_json(directory / METADATA_FILE, meta)
         self.metadata = meta
+        self.sha256 = file_sha256(directory / MODEL_FILE)
 
     @classmethod
     def load(cls, path: str | Path, expect: dict[str, Any] | None = None) -> ModelBundle:
@@ -152,6 +155,7 @@ class ModelBundle:
             raise ModelError(f"{meta_path}: not valid JSON: {exc}") from None
         _check_metadata(meta, meta_path, expect or {})
         try:
+            digest = file_sha256(model_path)
             blob = joblib.load(model_path)
             pipeline, calibrator = blob["pipeline"], blob["calibrator"]
         except FileNotFoundError:
@@ -161,7 +165,16 @@ class ModelBundle:
                 from None
         if not hasattr(pipeline, "predict_proba") or not hasattr(calibrator, "predict"):
             raise ModelError(f"{model_path}: expected a fitted classifier pipeline and a calibrator")
-        return cls(pipeline=pipeline, calibrator=calibrator, metadata=meta)
+        return cls(pipeline=pipeline, calibrator=calibrator, metadata=meta, sha256=digest)
+
+
+def file_sha256(path: Path) -> str:
+    """Return the SHA-256 of a file's bytes (hex)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _check_metadata(meta: dict[str, Any], meta_path: Path, expect: dict[str, Any]) -> None:

@@ -29,8 +29,9 @@ class Heartbeat:
 
     It is rewritten atomically from the engine's main loop (every pass of the poller), at most every
     ``interval`` seconds of wall time, so a hung loop stops it even while the process is alive and the market is
-    closed. ``deploy/healthcheck.sh`` fails when it is older than ``HC_MAX_HEARTBEAT_AGE`` or says IB is
-    disconnected.
+    closed. ``deploy/healthcheck.sh`` fails when it is older than ``HC_MAX_HEARTBEAT_AGE``, says IB is
+    disconnected, or says new entries have been paused (IB down, 1100, re-sync) for more than ``HC_MAX_PAUSE``
+    seconds of the engine's clock (``paused_seconds``).
     """
 
     path: Path
@@ -55,18 +56,23 @@ class Heartbeat:
         """Return the heartbeat's content."""
         session, hooks = self.session, self.hooks
         last = hooks.last_live_bar
+        now = session.now()
+        paused_since = session.paused_since
         return {
             "time": datetime.now(UTC).isoformat(timespec="seconds"),
-            "clock": session.now().isoformat(timespec="seconds"),
+            "clock": now.isoformat(timespec="seconds"),
             "pid": os.getpid(),
             "connected": session.connected,
             "entries_paused": session.entries_paused,
+            "paused_since": None if paused_since is None else paused_since.isoformat(timespec="seconds"),
+            "paused_seconds": 0.0 if paused_since is None else round((now - paused_since).total_seconds(), 1),
             "down_since": None if session.down_since is None else session.down_since.isoformat(timespec="seconds"),
             "kill_switch": hooks.kill_switch.active,
             "live_bars": hooks.live_bars,
             "last_bar": None if not math.isfinite(last) else bt.num2date(last).replace(tzinfo=UTC).isoformat(),
             "feeds": {d._name: d._getstatusname(d._laststatus) for d in self.feeds},
-            "warmed_up": all(d.tracker.warmed_up for d in self.feeds),
+            # every feed IB gives bars for has its warm-up history (one without market-data permission has none)
+            "warmed_up": all(d.tracker.warmed_up or d.tracker.no_permission for d in self.feeds),
         }
 
 

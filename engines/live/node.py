@@ -5,7 +5,8 @@ with ``quicknotify=False`` as in the backtest, so an order event reaches the str
 bar's decision, exactly when it does in the backtest (the native bracket children protect the position at IB
 in the meantime). :class:`LiveHooks` plugs the live concerns into ``MLStrategy``: the entry gate (kill switch,
 IB disconnected), restoring books and risk state after a restart (:mod:`engines.live.recovery`), persisting
-them after every bar, the daily summary at the session's end and bounded runs (``max_bars`` / ``until``).
+them after every bar, the daily summary (final at the session's close, provisional at a stop before it) and
+bounded runs (``max_bars`` / ``until``).
 :func:`run_node` is one run of the process: simulator (rehearsals), safety checks, connection, flatten or trade.
 """
 
@@ -25,14 +26,14 @@ from typing import Any
 import backtrader as bt
 
 from config.settings import AppConfig, bar_size_minutes
-from core.calendar import exchange_day
+from core.calendar import exchange_day, to_exchange, to_utc
 from core.costs import IBKRCommission, commission_function
 from core.records import BlockReason
 from engines.live.heartbeat import Heartbeat, heartbeat_path
 from engines.live.notify import post_message
 from engines.live.recovery import RecoveryParams, adopt, book_snapshot, restore_books
 from engines.live.rehearsal import ControlPortClock, start_sim
-from engines.live.reports import DecisionLog, daily_summary, format_summary, write_daily_summary
+from engines.live.reports import DecisionLog, format_summary, summary_from_store, write_daily_summary
 from engines.live.safety import KillSwitch, check_account, check_endpoint, flatten_all
 from engines.live.state import StateStore, state_path
 from feeds.ib.broker import IBBroker
@@ -117,17 +118,23 @@ class LiveHooks:
             self._after_live_bar(strategy, newest)
 
     def _after_live_bar(self, strategy: Any, newest: float) -> None:
-        t = bt.num2date(newest)
+        t = to_utc(bt.num2date(newest))  # backtrader's times are naive UTC
         live = [d for d in strategy.datas if not getattr(d, "historical", False) and len(d)]
         if live and min(float(d.minutes_to_close[0]) for d in live) <= 0:
-            self.write_summary(exchange_day(t))
+            self.write_summary(exchange_day(t), at_close=True)
         if (self.max_bars is not None and self.live_bars >= self.max_bars) or (
-                self.until is not None and t >= self.until.replace(tzinfo=None)):
-            logger.info("bounded run: stopping after %d live bars (last bar %s UTC)", self.live_bars, t)
+                self.until is not None and t >= to_utc(self.until)):
+            logger.info("bounded run: stopping after %d live bars (last bar %s New York)", self.live_bars,
+                        to_exchange(t).strftime("%Y-%m-%d %H:%M"))
             strategy.env.runstop()
 
-    def write_summary(self, day: str | None = None) -> dict[str, Any] | None:
-        """Write (once per day) and post the daily trade summary; return it."""
+    def write_summary(self, day: str | None = None, *, at_close: bool = False) -> dict[str, Any] | None:
+        """Write the day's trade summary from the state store (the whole day, across restarts); return it.
+
+        At the close (``at_close``) the summary is final: written once per day, logged and posted to the webhook.
+        Before it (a stop mid-day: SIGTERM, Ctrl-C, a bounded run) it is provisional: written and logged, marked
+        so, not posted, and replaced by the final one. ``day`` is that of the newest bar by default.
+        """
         strategy = self.strategy
         if strategy is None:
             return None
@@ -136,18 +143,20 @@ class LiveHooks:
             if newest is None:
                 return None
             day = exchange_day(bt.num2date(newest))
-        if self.state.get_value(f"summary:{day}"):
+        if self.state.get_value(f"summary:{day}"):  # the final summary is written
             return None
-        summary = daily_summary(day, self.state.trades(day), dict(strategy.risk.blocked),
-                                {"equity": self.broker.getvalue(), "account": self.session.account,
-                                 "dry_run": bool(self.broker.p.dry_run)})
+        summary = summary_from_store(self.state, day, provisional=not at_close,
+                                     extra={"equity": self.broker.getvalue(), "account": self.session.account,
+                                            "dry_run": bool(self.broker.p.dry_run)})
         paths = write_daily_summary(self.cfg.live.log_dir, summary)
-        text = format_summary(summary)
-        for line in text.splitlines():
+        for line in format_summary(summary).splitlines():
             logger.info("%s", line)
+        if not at_close:
+            logger.info("provisional summary written to %s; the summary at the close replaces it", paths[0])
+            return summary
         logger.info("summary written to %s", paths[0])
         self.state.set_value(f"summary:{day}", True)
-        post_message(self.cfg.live.webhook, text, summary)
+        post_message(self.cfg.live.webhook, format_summary(summary), summary)
         for callback in self.on_summary:
             callback(summary)
         return summary
@@ -245,7 +254,7 @@ class LiveOptions:
     sim_control: str | None = None  # HOST:PORT of an external ibsim's control port: use its clock
     flatten: bool = False  # cancel all our orders, sell all our positions, exit
     max_bars: int | None = None  # stop after this many live bars
-    until: datetime | None = None  # stop after the bar starting at this time
+    until: datetime | None = None  # stop after the bar starting at this time (tz-aware; naive is UTC)
 
 
 def run_node(cfg: AppConfig, options: LiveOptions) -> int:

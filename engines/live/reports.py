@@ -4,7 +4,9 @@ summary.
 The decision log gets one JSON line per symbol per bar (bar time, symbol, ``p_up`` as an exact float,
 decision, blocking reason) and one INFO log line; it is what the parity test compares with the backtest.
 The daily summary (trades, P&L, win rate, exit reasons, blocked entries by reason) is written as
-``summary-YYYY-MM-DD.json`` and ``.txt`` in the log folder.
+``summary-YYYY-MM-DD.json`` and ``.txt`` in the log folder. :func:`summary_from_store` builds it from the state
+store, so it covers the whole day whatever restarts happened; one written before the close is marked
+``provisional`` and replaced by the one at the close.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from core.calendar import exchange_day, to_exchange, to_utc
+from core.calendar import exchange_day, session_date, to_exchange, to_utc
 from core.files import atomic_write_json, atomic_write_text
 from core.records import ExitReason, TradeRecord
+from engines.live.state import StateStore
 
 logger = logging.getLogger(__name__)
 
@@ -91,11 +94,34 @@ def daily_summary(day: str, trades: Iterable[TradeRecord], blocked: Mapping[str,
     return summary
 
 
+def summary_from_store(store: StateStore, day: str, *, provisional: bool,
+                       extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Summarise ``day`` from the state store: every closed trade of the day, whichever process booked it, and
+    the day's blocked entries (the persisted risk state, when it is that day's).
+
+    Parameters
+    ----------
+    store
+        The live state store.
+    day
+        Exchange date ``YYYY-MM-DD``.
+    provisional
+        Written before the day's close (a stop mid-day): marked so, and replaced by the summary at the close.
+    extra
+        More fields (equity, account, dry run …).
+    """
+    risk = store.get_value("risk") or {}
+    same_day = "session" in risk and session_date(int(risk["session"])).date().isoformat() == day
+    blocked = risk.get("blocked", {}) if same_day else {}
+    return daily_summary(day, store.trades(day), blocked, {"provisional": provisional, **(extra or {})})
+
+
 def format_summary(summary: Mapping[str, Any]) -> str:
     """Return the summary as a few human-readable lines (log, text file, webhook)."""
     rate = summary["win_rate"]
+    kind = "PROVISIONAL daily summary (before the close)" if summary.get("provisional") else "Daily summary"
     lines = [
-        f"Daily summary {summary['day']}: {summary['trades']} trades, P&L {summary['pnl']:+.2f} USD "
+        f"{kind} {summary['day']}: {summary['trades']} trades, P&L {summary['pnl']:+.2f} USD "
         f"(commission {summary['commission']:.2f}), win rate {'n/a' if rate is None else f'{rate:.0%}'}",
         "exits: " + ", ".join(f"{k} {v}" for k, v in summary["exit_reasons"].items()),
         "blocked entries: " + (", ".join(f"{k} {v}" for k, v in summary["blocked"].items()) or "none"),

@@ -265,6 +265,9 @@ class Downloader:
             elif kind is ErrorKind.NO_DATA and "no data" in text.lower():
                 logger.warning("%s: no data for %s", chunk.symbol, ", ".join(f"{d:%Y-%m-%d}" for d in chunk.sessions))
                 return pd.DataFrame(columns=list(COLUMNS), dtype="float64")
+            elif kind is ErrorKind.NO_PERMISSION:
+                raise NeedsHumanError(f"{chunk.symbol}: IB has no market-data permission for its bars (IB {code}: "
+                                      f"{text}); subscribe to its exchange's market data for this login", code=code)
             elif kind is ErrorKind.FATAL:
                 raise NeedsHumanError(f"IB {code}: {text}", code=code)
             else:

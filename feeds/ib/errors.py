@@ -1,10 +1,10 @@
 """IB error and notice codes by operational meaning, and the exceptions the rest of the code sees.
 
 IB sends every error, warning and notice on one message (``errorEvent(reqId, code, text, contract)``).
-The code alone does not always say what happened: 162 is a pacing violation, an empty answer, a
-cancelled query or a competing session depending on its text. :func:`classify` is the one place that
-turns ``(code, text)`` into an :class:`ErrorKind`; the named sets below are what it reads (nautilus_trader
-``adapters/interactive_brokers/client/error.py`` keeps the same shape).
+The code alone does not always say what happened: 162 is a pacing violation, a missing market-data
+permission, an empty answer, a cancelled query or a competing session depending on its text.
+:func:`classify` is the one place that turns ``(code, text)`` into an :class:`ErrorKind`; the named sets below
+are what it reads (nautilus_trader ``adapters/interactive_brokers/client/error.py`` keeps the same shape).
 
 Exceptions follow what an operator must do, not where they come from: :class:`TemporaryIBError` is retried
 with capped backoff and jitter, :class:`NeedsHumanError` stops and says why. A rejected order is an order
@@ -27,6 +27,7 @@ class ErrorKind(enum.Enum):
     PACING = "pacing"  # historical-data pacing violation: back off, retry later
     ORDER_REJECTED = "order_rejected"  # an order event, not an exception
     NO_DATA = "no_data"  # a data request failed or returned nothing
+    NO_PERMISSION = "no_permission"  # no market-data subscription for what was asked: a human must subscribe
     WARNING = "warning"  # log it, carry on
     INFO = "info"  # routine notices (farm connection OK, cancel confirmations)
     FATAL = "fatal"  # needs a human: stop and say why
@@ -46,7 +47,11 @@ ORDER_REJECTION_CODES: frozenset[int] = frozenset(
      382, 383, 387, 388, 404, 434, 10147, 10148}
 )
 #: Historical-data requests that ended without data (162 other than pacing is decided by its text).
-NO_DATA_CODES: frozenset[int] = frozenset({166, 354, 366, 10167, 10197})
+NO_DATA_CODES: frozenset[int] = frozenset({166, 366, 10167, 10197})
+#: The account has no market-data subscription for the request: 354 not subscribed, 10089 / 10090 (part of) the
+#: data needs another subscription, 10168 not subscribed and delayed data not enabled; and 162 whose text says
+#: "No market data permissions" (see :func:`classify`). No retry fixes these; a human subscribes.
+NO_PERMISSION_CODES: frozenset[int] = frozenset({354, 10089, 10090, 10168})
 #: Data-farm notices: routine, sent after every connect and when a farm idles.
 FARM_INFO_CODES: frozenset[int] = frozenset({2104, 2106, 2107, 2108, 2119, 2158})
 #: Other routine notices.
@@ -59,7 +64,7 @@ WARNING_CODES: frozenset[int] = frozenset({165, 399, 2100, 2101, 2102, 2103, 210
 FATAL_CODES: frozenset[int] = frozenset({101, 326, 502, 503, 504, 507, 530})
 
 _PACING_TEXT = "pacing violation"
-_NO_DATA_TEXTS = ("no data", "query cancelled", "invalid step", "no market data")
+_NO_PERMISSION_TEXTS = ("no market data permission", "not subscribed")
 _COMPETING_TEXTS = ("different ip address", "competing session")
 
 
@@ -71,7 +76,8 @@ def classify(code: int, message: str = "") -> ErrorKind:
     code
         IB error code as delivered on ``errorEvent``.
     message
-        The error text; it decides the meaning of 162 (pacing, no data, cancelled, competing session).
+        The error text; it decides the meaning of 162 (pacing, no market-data permission, no data, cancelled,
+        competing session).
 
     Returns
     -------
@@ -84,6 +90,8 @@ def classify(code: int, message: str = "") -> ErrorKind:
     <ErrorKind.PACING: 'pacing'>
     >>> classify(162, "Historical Market Data Service error message:HMDS query returned no data: X@SMART")
     <ErrorKind.NO_DATA: 'no_data'>
+    >>> classify(162, "Historical Market Data Service error message:No market data permissions for ISLAND STK")
+    <ErrorKind.NO_PERMISSION: 'no_permission'>
     >>> classify(1100)
     <ErrorKind.CONNECTIVITY_LOST: 'connectivity_lost'>
     """
@@ -93,6 +101,8 @@ def classify(code: int, message: str = "") -> ErrorKind:
             return ErrorKind.PACING
         if any(t in text for t in _COMPETING_TEXTS):
             return ErrorKind.FATAL
+        if any(t in text for t in _NO_PERMISSION_TEXTS):
+            return ErrorKind.NO_PERMISSION
         return ErrorKind.NO_DATA
     for codes, kind in _TABLE:
         if code in codes:
@@ -106,6 +116,7 @@ _TABLE: tuple[tuple[frozenset[int], ErrorKind], ...] = (
     (PACING_CODES, ErrorKind.PACING),
     (ORDER_REJECTION_CODES, ErrorKind.ORDER_REJECTED),
     (NO_DATA_CODES, ErrorKind.NO_DATA),
+    (NO_PERMISSION_CODES, ErrorKind.NO_PERMISSION),
     (INFO_CODES, ErrorKind.INFO),
     (WARNING_CODES, ErrorKind.WARNING),
     (FATAL_CODES, ErrorKind.FATAL),

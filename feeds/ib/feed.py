@@ -17,8 +17,13 @@ Per symbol (:class:`SymbolTracker`):
   last bar is dropped) and ``start > last queued start``;
 - **pacing**: every request goes through the shared :class:`~feeds.ib.budget.RequestBudget`; a 162 pacing
   error backs the budget off and the bar comes with a later poll;
+- **no market-data permission** (162 "No market data permissions", 354 …; ``ErrorKind.NO_PERMISSION``): no
+  retry can fix it, so the symbol is alerted once (ERROR log and the session's alert channels), marked
+  ``NOTSUBSCRIBED`` and asked again only every :data:`NO_PERMISSION_RETRY_SECONDS` (a subscription added
+  meanwhile is picked up without a restart); the other symbols are not held up;
 - **stale data**: ``DELAYED`` when no new bar arrived ``stale_after_bars`` bars after one was due (and while
-  warm-up bars are delivered), ``DISCONNECTED`` while the session is down, ``LIVE`` otherwise.
+  warm-up bars are delivered), ``DISCONNECTED`` while the session is down, ``NOTSUBSCRIBED`` while IB refuses the
+  symbol's bars for lack of a market-data permission, ``LIVE`` otherwise.
 
 Bars carry the same extra lines as :class:`feeds.pandas_feed.BarFrameFeed` (``minutes_to_close``,
 ``session``), computed with the same functions, and backtrader's ``datetime`` is the bar **start** in UTC, as in
@@ -51,6 +56,8 @@ logger = logging.getLogger(__name__)
 
 NS = 1_000_000_000
 _RETRY_SECONDS = 5.0  # re-poll this soon when the due bar was not in the answer yet
+#: Ask again this long after IB said the account has no market-data permission for a symbol.
+NO_PERMISSION_RETRY_SECONDS = 600.0
 
 
 # -- exchange sessions (numpy, cached) --------------------------------------------------------------------
@@ -122,6 +129,7 @@ class SymbolTracker:
     next_poll_ns: int = 0  # earliest time of the next request (retry / budget)
     delivered: int = 0
     polls: int = 0
+    no_permission: bool = False  # IB refused its bars for lack of a market-data subscription (until it answers)
 
     @property
     def bar_ns(self) -> int:
@@ -297,6 +305,10 @@ class BarPoller:
                 self._on_error(answer, now_ns)
                 continue
             self.budget.note_success()
+            if tracker.no_permission:
+                tracker.no_permission = False
+                logger.warning("%s: IB answers with bars again (market-data permission granted); trading it again",
+                               tracker.symbol)
             starts = [int(b.date.timestamp()) * NS for b in answer.bars]
             positions = tracker.accept(starts, now_ns)
             kept.append((answer, [answer.bars[i] for i in positions]))
@@ -313,10 +325,26 @@ class BarPoller:
             self.pacing_errors += 1
             wait = self.budget.backoff(now_ns / NS, answer.key)
             tracker.next_poll_ns = now_ns + int(wait * NS)
+        elif kind is ErrorKind.NO_PERMISSION:
+            self._no_permission(tracker, code, text)
+            tracker.next_poll_ns = now_ns + int(NO_PERMISSION_RETRY_SECONDS * NS)
         else:
             logger.warning("%s: historical request %s %s failed: IB %d %s", tracker.symbol, answer.key.duration,
                            answer.key.bar_size, code, text)
             tracker.next_poll_ns = now_ns + int(_RETRY_SECONDS * NS)
+
+    def _no_permission(self, tracker: SymbolTracker, code: int, text: str) -> None:
+        """Alert once per episode that IB refuses ``tracker``'s bars for lack of a market-data subscription."""
+        if tracker.no_permission:
+            logger.info("%s: still no market-data permission (IB %d); asking again in %.0f min", tracker.symbol,
+                        code, NO_PERMISSION_RETRY_SECONDS / 60)
+            return
+        tracker.no_permission = True
+        self.session.alert(
+            f"{tracker.symbol}: IB refuses its historical bars for lack of a market-data permission (IB {code}: "
+            f"{text}). No bars and no new trades for {tracker.symbol} (an open position keeps its stop and target "
+            f"at IB, but gets no time exit); asking again every {NO_PERMISSION_RETRY_SECONDS / 60:.0f} min. "
+            "Subscribe to its exchange's market data for this login (and share it with the paper account)")
 
     def _enqueue(self, kept: list[tuple[_Answer, list[Any]]], now_ns: int) -> int:
         """Convert kept bars (one calendar lookup per bar size) and append them to the symbols' queues."""
@@ -466,6 +494,9 @@ class IBPollingFeed(bt.feed.DataBase):
         if not self._poller.session.connected:
             self.put_notification(self.DISCONNECTED)
             return
+        if self._tracker.no_permission:
+            self.put_notification(self.NOTSUBSCRIBED)
+            return
         now_ns = int(self._clock().timestamp() * NS)
         if bar is not None:
             if bar.historical:
@@ -475,7 +506,7 @@ class IBPollingFeed(bt.feed.DataBase):
                 self.put_notification(self.LIVE)
         elif self._tracker.is_stale(now_ns):
             self.put_notification(self.DELAYED)
-        elif self._laststatus == self.DISCONNECTED:
+        elif self._laststatus in {self.DISCONNECTED, self.NOTSUBSCRIBED}:
             self.put_notification(self.LIVE if self._went_live else self.DELAYED)
 
 

@@ -13,6 +13,12 @@ Lifecycle of a disconnection::
         maintain(): once down for alert_after_seconds → logger.error + on_alert (once), keep trying
         connect OK ──> on_resync callbacks (feeds backfill, broker reconciles) ──> entries_paused False
     1100 (socket kept) ──> entries_paused True; 1101/1102 ──> on_resync ──> entries_paused False
+    1100, then the socket drops and a reconnect succeeds: a new connection starts without the 1100 (a gateway still
+        cut off from IB says 1100 / 2110 again in its handshake), so the reconnect's re-sync resumes entries even
+        though no 1101/1102 ever comes
+
+:attr:`IBSession.paused_since` says since when new entries have been paused (the heartbeat reports it, so the
+health check can flag a pause that lasts).
 """
 
 from __future__ import annotations
@@ -70,7 +76,8 @@ class IBSession:
     on_error
         Called with ``(code, kind, reqId, message)`` for every IB error / notice.
     on_alert
-        Called with a message when a disconnection lasts longer than ``alert_after_seconds``.
+        Called with a message when a disconnection lasts longer than ``alert_after_seconds``, and with every other
+        :meth:`alert` (a symbol without market-data permission).
     """
 
     def __init__(self, live_cfg: LiveConfig, *, clock: Callable[[], datetime] | None = None,
@@ -90,8 +97,9 @@ class IBSession:
         self.alerted = False
         self._ever_connected = False
         self._closing = False
-        self._ib_paused = False  # 1100 seen, no 1101/1102 yet
+        self._ib_paused = False  # 1100 seen on this connection, no 1101/1102 yet
         self._resync_pending = False
+        self._paused_since: datetime | None = None
         self._in_resync = False
         self._connect_codes: list[tuple[int, str]] = []
         self._connecting = False
@@ -113,8 +121,25 @@ class IBSession:
 
     @property
     def entries_paused(self) -> bool:
-        """Return True while new entries must wait: disconnected, or after 1100 until 1101/1102 and re-sync."""
+        """Return True while new entries must wait: disconnected, or after 1100 until 1101/1102 (or a reconnect)
+        and the re-sync."""
         return self._ib_paused or self._resync_pending or not self.connected
+
+    @property
+    def paused_since(self) -> datetime | None:
+        """Return since when (on the session's clock) new entries have been paused; None while they are not."""
+        self._note_pause()
+        return self._paused_since
+
+    def _note_pause(self) -> None:
+        """Record the start or the end of a pause of new entries (called wherever its causes change)."""
+        paused = self.entries_paused
+        if paused and self._paused_since is None:
+            self._paused_since = self.down_since or self.clock()
+        elif not paused and self._paused_since is not None:
+            logger.info("new entries resumed after a pause of %.0f s",
+                        (self.clock() - self._paused_since).total_seconds())
+            self._paused_since = None
 
     def now(self) -> datetime:
         """Return the injected clock's time."""
@@ -165,6 +190,7 @@ class IBSession:
         per_try = timeout if timeout is not None else min(cfg.request_timeout_seconds, _CONNECT_TIMEOUT_CAP)
         self._connect_codes = []
         self._connecting = True
+        self._ib_paused = False  # a 1100 belongs to its connection; a gateway still cut off repeats it on connect
         try:
             self.ib.connect(cfg.host, cfg.port, clientId=cfg.client_id, timeout=per_try,
                             account=cfg.account or "")
@@ -201,11 +227,13 @@ class IBSession:
             self.reconnects += 1
             self._resync_pending = True
         self._ever_connected = True
-        self.down_since = None
+        if not self._ib_paused:  # connected, but still cut off from IB (1100 in the handshake): still down
+            self.down_since = None
+            self.alerted = False
         self.next_attempt_at = None
         self.reconnect_attempts = 0
-        self.alerted = False
         self._drain()
+        self._note_pause()
 
     def qualify(self, symbols: Iterable[str], source: str = "data.symbols") -> dict[str, Stock]:
         """Look every symbol up at IB once (conId, primary exchange) and keep the contracts for all requests.
@@ -295,13 +323,16 @@ class IBSession:
             return
         self.alerted = True
         what = "disconnected from" if not self.connected else "without IB server connectivity (1100) at"
-        message = (f"IB {what} {self.cfg.host}:{self.cfg.port} for {down:.0f} s "
+        self.alert(f"IB {what} {self.cfg.host}:{self.cfg.port} for {down:.0f} s "
                    f"(alert after {self.cfg.alert_after_seconds:.0f} s); still trying, no new entries")
-        logger.error(message)
+
+    def alert(self, message: str) -> None:
+        """Log ``message`` at ERROR and hand it to every :attr:`on_alert` channel (the engine's webhook)."""
+        logger.error("%s", message)
         for callback in list(self.on_alert):
             try:
                 callback(message)
-            except Exception:  # an alert channel failing must not stop the reconnect loop
+            except Exception:  # an alert channel failing must not stop the caller (reconnect loop, poller)
                 logger.exception("alert callback failed")
 
     def _backoff_delay(self, failures: int) -> float:
@@ -328,6 +359,7 @@ class IBSession:
             self._resync_pending = False
         finally:
             self._in_resync = False
+        self._note_pause()
 
     # -- ib_async events (run inside the event loop: record, never request) -----------------------
     def _on_disconnected(self) -> None:
@@ -337,6 +369,7 @@ class IBSession:
         self._mark_down(now, "socket closed")
         if self.next_attempt_at is None:
             self.next_attempt_at = now + timedelta(seconds=self._backoff_delay(0))
+        self._note_pause()
 
     def _on_ib_error(self, reqId: int, errorCode: int, errorString: str, contract: Any = None) -> None:
         kind = classify(errorCode, errorString)
@@ -359,6 +392,8 @@ class IBSession:
                 self.alerted = False
         elif kind is ErrorKind.FATAL:
             logger.error("IB %d reqId %d: %s", errorCode, reqId, errorString)
+        if kind in {ErrorKind.CONNECTIVITY_LOST, ErrorKind.CONNECTIVITY_RESTORED}:
+            self._note_pause()
         for callback in list(self.on_error):
             callback(errorCode, kind, reqId, errorString)
 

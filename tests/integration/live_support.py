@@ -90,6 +90,8 @@ class LiveDriver:
     run: LiveRun = field(init=False)
     before_step: Callable[[int, LiveDriver], None] | None = None
     stop_requested: bool = False
+    until: datetime | None = None  # a bounded run (run_live.py --until): the engine stops by itself
+    engine_stopped: bool = False  # cerebro.run returned: the stepper stops waiting for bars
 
     def __post_init__(self) -> None:
         live = self.cfg.live.model_copy(update={"host": self.sim.host, "port": self.sim.port})
@@ -99,7 +101,7 @@ class LiveDriver:
         self.state = StateStore(state_path(self.cfg))
         self.run = build_live(self.cfg, self.session, self.state, self.model,
                               kill_switch=self.kill_switch or KillSwitch(self.cfg.live.kill_switch_file),
-                              clock=self.sim.now, qcheck=0.01)
+                              clock=self.sim.now, qcheck=0.01, until=self.until)
 
     @property
     def strategy(self) -> Any:
@@ -124,7 +126,10 @@ class LiveDriver:
         connection = self._connection_settled()
         if connection is not None:
             return connection
-        if not all(d.tracker.warmed_up and not d.tracker.queue for d in strat.datas):
+        now_ns = int(self.sim.now().timestamp() * 1e9)
+        # a feed without its warm-up history waiting for its next ask (a retry, a back-off) needs simulated time
+        if not all(not d.tracker.queue and (d.tracker.warmed_up or d.tracker.next_poll_ns > now_ns)
+                   for d in strat.datas):
             return False
         if bars and not self.held_back():
             last_closed = bt.date2num((self.sim.now() - timedelta(minutes=1)).replace(tzinfo=None))
@@ -153,6 +158,8 @@ class LiveDriver:
         """
         deadline = time.monotonic() + timeout
         while not (self._settled(bars) and self.delivered()):
+            if self.engine_stopped:
+                return
             if time.monotonic() > deadline:
                 raise AssertionError(f"engine did not settle on live bar {bars} within {timeout:.0f} s")
             time.sleep(0.005)
@@ -160,6 +167,7 @@ class LiveDriver:
     def play(self, bars: int) -> None:
         """Step ``bars`` minutes, one bar at a time, then stop the engine (state persisted)."""
         errors: list[BaseException] = []
+        self.engine_stopped = False
 
         def stepper() -> None:
             try:
@@ -167,7 +175,7 @@ class LiveDriver:
                     self._wait(i)
                     if self.before_step is not None:
                         self.before_step(i, self)
-                    if self.stop_requested:
+                    if self.stop_requested or self.engine_stopped:
                         return
                     self.sim.advance(seconds=60)
                 self._wait(bars)
@@ -178,7 +186,10 @@ class LiveDriver:
 
         thread = threading.Thread(target=stepper, daemon=True)
         thread.start()
-        self.run.cerebro.run()
+        try:
+            self.run.cerebro.run()
+        finally:
+            self.engine_stopped = True
         thread.join(30)
         if errors:
             raise errors[0]

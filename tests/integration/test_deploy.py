@@ -221,7 +221,7 @@ def listener() -> Iterator[int]:
 
 
 def _health(tmp: Path, port: int, pid: int | None, bar_age: float | None, *args: str,
-            heartbeat_age: float | None = 5, connected: bool = True) -> tuple[int, str]:
+            heartbeat_age: float | None = 5, connected: bool = True, paused: float = 0.0) -> tuple[int, str]:
     logs, run, state = tmp / "logs", tmp / "run", tmp / "state"
     logs.mkdir(exist_ok=True)
     run.mkdir(exist_ok=True)
@@ -230,7 +230,10 @@ def _health(tmp: Path, port: int, pid: int | None, bar_age: float | None, *args:
     beat.unlink(missing_ok=True)
     if heartbeat_age is not None:
         down = "null" if connected else '"2024-03-01T15:00:00+00:00"'
-        beat.write_text(f'{{\n  "connected": {str(connected).lower()},\n  "down_since": {down}\n}}\n')
+        since = '"2024-03-01T14:00:00+00:00"' if paused else "null"
+        beat.write_text(f'{{\n  "connected": {str(connected).lower()},\n  "entries_paused": '
+                        f'{str(bool(paused)).lower()},\n  "paused_since": {since},\n  "paused_seconds": {paused},'
+                        f'\n  "down_since": {down}\n}}\n')
         t = time.time() - heartbeat_age
         os.utime(beat, (t, t))
     for f in logs.glob("decisions-*"):
@@ -315,6 +318,18 @@ def test_healthcheck_reports_a_stuck_trader_loop_and_an_ib_disconnection(tmp_pat
     rc, out = _health(tmp_path, listener, alive_pid, bar_age=10, heartbeat_age=None)
     assert rc == 1
     assert "FAIL heartbeat: no heartbeat" in out
+
+
+def test_healthcheck_reports_new_entries_paused_longer_than_hc_max_pause_while_connected(
+        tmp_path: Path, listener: int, alive_pid: int) -> None:
+    rc, out = _health(tmp_path, listener, alive_pid, bar_age=10, paused=900.0)
+    assert rc == 1, out
+    assert ("FAIL heartbeat: new entries paused for 900s (since 2024-03-01T14:00:00+00:00), more than 600s, "
+            "with IB connected") in out
+    assert "UNHEALTHY: heartbeat" in out
+    rc, out = _health(tmp_path, listener, alive_pid, bar_age=10, paused=120.0)  # a short pause: a re-sync
+    assert rc == 0, out
+    assert "OK   heartbeat:" in out
 
 
 def test_healthcheck_bar_check_can_be_turned_off(tmp_path: Path, listener: int, alive_pid: int) -> None:

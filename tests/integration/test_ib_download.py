@@ -13,7 +13,7 @@ from config.settings import LiveConfig, SyntheticConfig
 from feeds.bars import BarStore, load_bars
 from feeds.ib.budget import RequestBudget
 from feeds.ib.download import Downloader, main, plan_chunks, plan_sessions
-from feeds.ib.errors import ErrorKind
+from feeds.ib.errors import ErrorKind, NeedsHumanError
 from feeds.ib.session import IBSession
 from feeds.synthetic import generate_universe
 from ibsim import IBSim, SimConfig
@@ -137,3 +137,12 @@ def test_unknown_symbol_exits_2(strict_sim: IBSim, tmp_path: Path, capsys: pytes
     err = capsys.readouterr().err
     assert "--symbols: IB has no single US stock (SMART, USD) for ['NOPE']" in err
     assert "No security definition" in err
+
+
+def test_a_symbol_without_market_data_permission_stops_the_download_naming_it(
+        session: IBSession, strict_sim: IBSim, tmp_path: Path) -> None:
+    strict_sim.denyMarketData("BBB")
+    sessions = plan_sessions(2, None, strict_sim.now())
+    with pytest.raises(NeedsHumanError, match="BBB: IB has no market-data permission"):
+        downloader(session, strict_sim, tmp_path).run(list(SYMBOLS), "1min", sessions)
+    assert len([r for r in strict_sim.requests("reqHistoricalData") if " BBB " in f" {r.summary} "]) == 1

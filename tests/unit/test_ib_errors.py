@@ -10,6 +10,7 @@ from feeds.ib.errors import (
     FARM_INFO_CODES,
     FATAL_CODES,
     NO_DATA_CODES,
+    NO_PERMISSION_CODES,
     ORDER_REJECTION_CODES,
     WARNING_CODES,
     ErrorKind,
@@ -26,6 +27,7 @@ PACING_TEXT = "Historical Market Data Service error message:Historical data requ
     (CONNECTIVITY_RESTORED_CODES, ErrorKind.CONNECTIVITY_RESTORED),
     (ORDER_REJECTION_CODES, ErrorKind.ORDER_REJECTED),
     (NO_DATA_CODES, ErrorKind.NO_DATA),
+    (NO_PERMISSION_CODES, ErrorKind.NO_PERMISSION),
     (FARM_INFO_CODES, ErrorKind.INFO),
     (WARNING_CODES, ErrorKind.WARNING),
     (FATAL_CODES, ErrorKind.FATAL),
@@ -36,7 +38,7 @@ def test_every_code_of_a_named_set_classifies_to_its_kind(codes: frozenset[int],
 
 def test_named_sets_do_not_overlap() -> None:
     sets = [CONNECTIVITY_LOST_CODES, CONNECTIVITY_RESTORED_CODES, ORDER_REJECTION_CODES, NO_DATA_CODES,
-            FARM_INFO_CODES, WARNING_CODES, FATAL_CODES]
+            NO_PERMISSION_CODES, FARM_INFO_CODES, WARNING_CODES, FATAL_CODES]
     assert sum(len(s) for s in sets) == len(frozenset().union(*sets))
 
 
@@ -45,6 +47,9 @@ def test_named_sets_do_not_overlap() -> None:
     ("Historical Market Data Service error message:HMDS query returned no data: SPY@SMART Trades", ErrorKind.NO_DATA),
     ("Historical Market Data Service error message:API historical data query cancelled: 7", ErrorKind.NO_DATA),
     ("Historical Market Data Service error message:invalid step: 1", ErrorKind.NO_DATA),
+    ("Historical Market Data Service error message:No market data permissions for ISLAND STK",
+     ErrorKind.NO_PERMISSION),
+    ("Historical Market Data Service error message:No market data permissions for NYSE STK", ErrorKind.NO_PERMISSION),
     ("Historical Market Data Service error message:Trading TWS session is connected from a different IP address",
      ErrorKind.FATAL),
 ])

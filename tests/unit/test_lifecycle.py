@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from threadpoolctl import threadpool_limits
 
 from config.settings import load_config
 from feeds.synthetic import generate_universe
 from ml.label_params import label_params
-from ml.lifecycle import expected_metadata
+from ml.lifecycle import expected_metadata, load_live_model
 from ml.train import train_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,3 +54,25 @@ def test_loading_the_live_model_imports_neither_training_code_nor_labels(tmp_pat
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_live_model_is_logged_with_path_hash_and_training_range_and_other_symbols_warned(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "model"
+    trained = load_config(None, [*SMALL, f"model.path='{path}'"])
+    with threadpool_limits(limits=1, user_api="openmp"):
+        bundle, _ = train_model(trained, generate_universe(trained.data.synthetic), "test bars", progress=False)
+    live = load_config(None, [*SMALL, f"model.path='{path}'", "data.symbols=['A', 'C']"])
+
+    with caplog.at_level(logging.INFO, logger="ml.lifecycle"):
+        loaded = load_live_model(live, train_if_missing=False)
+
+    assert loaded.sha256 == bundle.sha256 == hashlib.sha256((path / "model.joblib").read_bytes()).hexdigest()
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    meta = bundle.metadata
+    assert any(str(path) in m and loaded.sha256[:12] in m and meta["training_start"][:10] in m
+               and meta["training_end"][:10] in m and "test bars" in m for m in info), info
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "['C']" in warnings[0]
+    assert "['A', 'B']" in warnings[0]
